@@ -1,0 +1,1 @@
+"""Checkpoint key-name tables (STYLE rule 5): one module per component layout."""

@@ -1,0 +1,1 @@
+"""Pipelines compose models, diffusion, checkpoints and text into usable objects."""
