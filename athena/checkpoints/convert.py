@@ -1,61 +1,71 @@
 """Convert between the original single-file layout and diffusers folders, tensor for tensor.
 
 Tensors are copied bit-exactly (no dtype change), streamed one at a time from the lazy source.
-Text encoders in the Hugging Face CLIP layout (SD1's and SDXL's CLIP-L) are carried with a prefix
-change; OpenCLIP-layout encoders (SD2's ViT-H, SDXL's bigG) need the text key tables and are refused.
+Text encoders go to the Hugging Face CLIP layout in folders and to each family's layout in single files
+(HF CLIP-L for SD1 and SDXL's first encoder, OpenCLIP for SD2's ViT-H and SDXL's bigG).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from torch import Tensor
 
+from athena.checkpoints.build import ddpm_buffers
 from athena.checkpoints.detect import META_FAMILY, META_UNET, META_VAE, UNET_PREFIX, VAE_PREFIX
 from athena.checkpoints.diffusers_config import unet_to_diffusers, vae_to_diffusers
 from athena.checkpoints.io import Weights
-from athena.checkpoints.keymaps import sd_unet, sd_vae
+from athena.checkpoints.keymaps import open_clip, sd_unet, sd_vae
 from athena.checkpoints.load import Checkpoint
-from athena.checkpoints.safetensors import save_file
-from athena.errors import CheckpointError
-
-HF_TEXT_PREFIX = "text_model."  # a Hugging Face CLIPTextModel's keys, as SD1/SDXL files store CLIP-L
+from athena.checkpoints.safetensors import Pending, save_file
 
 
-class LazyTensors(Mapping[str, Tensor]):
-    """name -> tensor, fetched from a source on access (zero-copy views where the source allows)."""
 
-    def __init__(self, items: dict[str, Callable[[], Tensor]]):
-        self.items_ = items
-
-    def __getitem__(self, name: str) -> Tensor:
-        return self.items_[name]()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.items_)
-
-    def __len__(self) -> int:
-        return len(self.items_)
+def _fetch(w: Weights, key: str, shape: tuple[int, ...] | None = None) -> Pending:
+    """The tensor `key` of `w`, read when written (a zero-copy view where the source allows)."""
+    info = w[key]
+    if shape is None:
+        return Pending(info.dtype, info.shape, lambda: w.view(key))
+    return Pending(info.dtype, shape, lambda: w.view(key).reshape(shape))
 
 
-def _fetch(w: Weights, key: str, shape: tuple[int, ...] | None = None) -> Callable[[], Tensor]:
-    return lambda: w.view(key) if shape is None else w.view(key).reshape(shape)
+def _hf_text(weights: Weights) -> dict[str, Pending]:
+    """A text encoder under Hugging Face CLIP names, whichever layout it is stored in."""
+    return open_clip.to_hf(weights) if open_clip.is_open_clip(weights) else {k: _fetch(weights, k) for k in weights}
 
 
-def _text_items(ckpt: Checkpoint) -> Iterator[tuple[str, Weights]]:
-    for name, weights in ckpt.text.items():
-        if not all(k.startswith(HF_TEXT_PREFIX) or k == "text_projection.weight" for k in weights):
-            raise CheckpointError(
-                f"{ckpt.path.name}: text encoder {name!r} is in the OpenCLIP layout, which conversion does not map yet "
-                f"(it needs the text key tables); convert the U-Net and VAE by loading them with athena.load")
-        yield name, weights
+def _single_file_text(prefix: str, weights: Weights) -> dict[str, Pending]:
+    """A text encoder under the names its family's single files use: HF CLIP-L, or OpenCLIP (`...model.`)."""
+    oc = prefix.endswith(".model.")
+    if oc and not open_clip.is_open_clip(weights):
+        return open_clip.from_hf(weights)
+    if not oc and open_clip.is_open_clip(weights):
+        return open_clip.to_hf(weights)
+    return {k: _fetch(weights, k) for k in weights}
+
+
+def _text_config(family: str, hf: dict[str, Pending], open_clip_act: bool) -> dict[str, object]:
+    token = hf["text_model.embeddings.token_embedding.weight"].shape
+    layers = 1 + max(int(k.split(".")[3]) for k in hf if k.startswith("text_model.encoder.layers."))
+    projection = "text_projection.weight" in hf and family.startswith("sdxl")
+    return {
+        "architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"], "model_type": "clip_text_model",
+        "vocab_size": token[0], "hidden_size": token[1], "num_attention_heads": max(1, token[1] // 64),
+        "intermediate_size": hf["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        "max_position_embeddings": hf["text_model.embeddings.position_embedding.weight"].shape[0],
+        # SD2 conditions on the penultimate layer; diffusers expresses that by declaring one layer fewer. The last
+        # layer's tensors stay in the file (transformers ignores them) so that converting back is exact.
+        "num_hidden_layers": layers - 1 if family == "sd2" else layers,
+        "hidden_act": "gelu" if open_clip_act else "quick_gelu", "layer_norm_eps": 1e-5,
+        "projection_dim": hf["text_projection.weight"].shape[0] if "text_projection.weight" in hf else token[1],
+        "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407 if family == "sd1" else 0,
+    }
 
 
 def to_single_file(ckpt: Checkpoint, dst: Path) -> None:
     """Write `ckpt` as one original-layout `.safetensors` file."""
-    items: dict[str, Callable[[], Tensor]] = {}
+    items: dict[str, Pending] = {}
     assert ckpt.unet is not None and ckpt.unet_config is not None
     for k in ckpt.unet:
         items[UNET_PREFIX + k] = _fetch(ckpt.unet, k)
@@ -64,13 +74,27 @@ def to_single_file(ckpt: Checkpoint, dst: Path) -> None:
             shape = ckpt.vae[k].shape
             items[VAE_PREFIX + k] = _fetch(ckpt.vae, k, shape + (1, 1) if k in sd_vae.CONV_AS_LINEAR and len(shape) == 2 else None)
     prefixes = dict(ckpt.family.text_encoders)
-    for name, weights in _text_items(ckpt):
-        for k in weights:
-            items[prefixes[name] + k] = _fetch(weights, k)
+    for name, weights in ckpt.text.items():
+        items.update({prefixes[name] + k: t for k, t in _single_file_text(prefixes[name], weights).items()})
+    items.update(_schedule_buffers(ckpt))
     meta = {META_FAMILY: ckpt.family.name, META_UNET: ckpt.unet_config.to_json()}
     if ckpt.vae_config is not None:
         meta[META_VAE] = json.dumps(ckpt.vae_config.__dict__)
-    save_file(LazyTensors(items), dst, meta)
+    save_file(items, dst, meta)
+
+
+def _schedule_buffers(ckpt: Checkpoint) -> dict[str, Tensor | Pending]:
+    """Keys outside the models: carried from a single file, or the 12 DDPM buffers SD1/SD2 files hold, rebuilt
+    from a diffusers folder's scheduler config so that single -> diffusers -> single is exact."""
+    if ckpt.layout != "diffusers":
+        return {k: _fetch(ckpt.sources[0], k) for k in ckpt.other}
+    sched = ckpt.path / "scheduler" / "scheduler_config.json"
+    if ckpt.family.name not in ("sd1", "sd2") or not sched.is_file():
+        return {}
+    cfg = json.loads(sched.read_text())
+    if cfg.get("beta_schedule", "scaled_linear") != "scaled_linear":
+        return {}
+    return dict(ddpm_buffers(cfg.get("num_train_timesteps", 1000), cfg.get("beta_start", 0.00085), cfg.get("beta_end", 0.012)))
 
 
 def to_diffusers(ckpt: Checkpoint, dst: Path) -> None:
@@ -80,10 +104,10 @@ def to_diffusers(ckpt: Checkpoint, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     index: dict[str, object] = {"_class_name": "StableDiffusionXLPipeline" if cfg.adm_in_channels else "StableDiffusionPipeline"}
 
-    def write(folder: str, config: dict[str, object], tensors: dict[str, Callable[[], Tensor]], stem: str) -> None:
+    def write(folder: str, config: dict[str, object], tensors: dict[str, Pending], stem: str) -> None:
         (dst / folder).mkdir(exist_ok=True)
         (dst / folder / "config.json").write_text(json.dumps(config, indent=2))
-        save_file(LazyTensors(tensors), dst / folder / f"{stem}.safetensors")
+        save_file(tensors, dst / folder / f"{stem}.safetensors")
 
     unet_table = sd_unet.diffusers_to_ldm(cfg)
     write("unet", unet_to_diffusers(cfg), {d: _fetch(ckpt.unet, ldm) for d, ldm in unet_table.items()}, "diffusion_pytorch_model")
@@ -95,16 +119,11 @@ def to_diffusers(ckpt: Checkpoint, dst: Path) -> None:
         write("vae", vae_to_diffusers(ckpt.vae_config, ckpt.family.latent_scale, ckpt.family.latent_shift or None),
               tensors, "diffusion_pytorch_model")
         index["vae"] = ["diffusers", "AutoencoderKL"]
-    for (name, weights), folder in zip(_text_items(ckpt), ("text_encoder", "text_encoder_2")):
-        hidden = weights["text_model.embeddings.token_embedding.weight"].shape[1]
-        layers = 1 + max(int(k.split(".")[3]) for k in weights if k.startswith("text_model.encoder.layers."))
-        config = {"architectures": ["CLIPTextModel"], "hidden_size": hidden, "num_hidden_layers": layers,
-                  "intermediate_size": weights["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
-                  "vocab_size": weights["text_model.embeddings.token_embedding.weight"].shape[0],
-                  "max_position_embeddings": weights["text_model.embeddings.position_embedding.weight"].shape[0],
-                  "hidden_act": "quick_gelu", "model_type": "clip_text_model"}
-        write(folder, config, {k: _fetch(weights, k) for k in weights}, "model")
-        index[folder] = ["transformers", "CLIPTextModel"]
+    for weights, folder in zip(ckpt.text.values(), ("text_encoder", "text_encoder_2")):
+        hf = _hf_text(weights)
+        config = _text_config(ckpt.family.name, hf, open_clip.is_open_clip(weights))
+        write(folder, config, hf, "model")
+        index[folder] = ["transformers", config["architectures"][0]]  # type: ignore[index]
     (dst / "scheduler").mkdir(exist_ok=True)
     (dst / "scheduler" / "scheduler_config.json").write_text(json.dumps({
         "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",

@@ -70,8 +70,11 @@ def detect_layout(keys: Mapping[str, object], name: str = "checkpoint") -> Layou
 
 def detect_family(unet: Shapes, name: str = "checkpoint") -> str:
     for family, sentinel, predicate in FAMILY_SIGNATURES:
-        if sentinel in unet and predicate(unet):
-            return family
+        try:
+            if sentinel in unet and predicate(unet):
+                return family
+        except KeyError:  # an incomplete file: try the next signature; the strict load reports what is missing
+            continue
     raise CheckpointError(f"{name}: U-Net keys match no known family (no 'middle_block.1.proj_in.weight' or 'label_emb')")
 
 
@@ -92,15 +95,24 @@ def _depth(s: Shapes, block: str) -> int:
 
 
 def infer_unet_config(s: Shapes, family: str) -> UNetConfig:
-    """Read the architecture off the (prefix-stripped) LDM U-Net shapes; heads follow the family's convention."""
-    mc, cin = s["input_blocks.0.0.weight"][:2]
-    ops = _indices(s, r"input_blocks\.(\d+)\.0\.op\.weight")
-    n = ops[0] - 1 if ops else len(_indices(s, r"input_blocks\.(\d+)\.")) - 1
-    levels = len(ops) + 1
-    first = [1 + i * (n + 1) for i in range(levels)]
-    mult = tuple(s[f"input_blocks.{k}.0.out_layers.3.weight"][0] // mc for k in first)
-    depth = tuple(_depth(s, f"input_blocks.{k}.1") for k in first)
-    linear = len(s["middle_block.1.proj_in.weight"]) == 2
+    """Read the architecture off the (prefix-stripped) LDM U-Net shapes; heads follow the family's convention.
+
+    Each level is read from whichever of its blocks is present, so an incomplete file still yields a
+    config and the strict loader can then name exactly which keys are missing.
+    """
+    try:
+        mc, cin = s["input_blocks.0.0.weight"][:2]
+        ops = _indices(s, r"input_blocks\.(\d+)\.0\.op\.weight")
+        n = ops[0] - 1 if ops else len(_indices(s, r"input_blocks\.(\d+)\.")) - 1
+        blocks = [[1 + i * (n + 1) + j for j in range(n)] for i in range(len(ops) + 1)]
+        mult = tuple(next(s[k][0] for b in level if (k := f"input_blocks.{b}.0.out_layers.3.weight") in s) // mc
+                     for level in blocks)
+        depth = tuple(max(_depth(s, f"input_blocks.{b}.1") for b in level) for level in blocks)
+        linear = len(s["middle_block.1.proj_in.weight"]) == 2
+        out_channels, context, middle = s["out.2.weight"][0], _context_dim(s), _depth(s, "middle_block.1")
+    except (KeyError, StopIteration) as e:
+        raise CheckpointError(f"cannot read the U-Net architecture: {e} is missing; the file is incomplete or not "
+                              f"an SD U-Net") from None
     widths = [mc * m for m, d in zip(mult, depth) if d] + [mc * mult[-1]]
     # Head counts are not in the weights: SD1 uses 8 heads, SD2/SDXL 64-wide heads (ComfyUI does the same).
     heads: dict[str, int | None] = {"num_heads": 8, "head_dim": None}
@@ -108,9 +120,9 @@ def infer_unet_config(s: Shapes, family: str) -> UNetConfig:
         heads = {"num_heads": None, "head_dim": 64}
     adm = s["label_emb.0.0.weight"][1] if "label_emb.0.0.weight" in s else None
     try:
-        return UNetConfig(in_channels=cin, out_channels=s["out.2.weight"][0], model_channels=mc, channel_mult=mult,
-                          num_res_blocks=n, transformer_depth=depth, transformer_depth_middle=_depth(s, "middle_block.1"),
-                          context_dim=_context_dim(s), use_linear_in_transformer=linear, adm_in_channels=adm, **heads)
+        return UNetConfig(in_channels=cin, out_channels=out_channels, model_channels=mc, channel_mult=mult,
+                          num_res_blocks=n, transformer_depth=depth, transformer_depth_middle=middle,
+                          context_dim=context, use_linear_in_transformer=linear, adm_in_channels=adm, **heads)
     except ConfigError as e:
         raise CheckpointError(f"U-Net shapes give an invalid config ({e}); if this is a custom model, save it with "
                               f"'{META_UNET}' metadata") from None

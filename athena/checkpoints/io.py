@@ -165,7 +165,7 @@ def load_pickle(path: Path) -> dict[str, Tensor]:
             f"{path.name}: refused to load; this pickle needs arbitrary code to run ({detail.strip()[:200]}). "
             f"Athena loads pickles only with weights_only=True. Use a .safetensors version of this model, or, if you "
             f"trust the file, re-save its state dict with safetensors in the tool that made it.") from None
-    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError) as e:
+    except (EOFError, OSError, zipfile.BadZipFile, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path.name}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
                               f"the file is truncated or corrupt. Re-download it.") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

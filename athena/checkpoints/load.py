@@ -34,7 +34,8 @@ M = TypeVar("M", bound=nn.Module)
 def _grouped(keys: Iterable[str], what: str, depth: int = 2) -> list[str]:
     groups: dict[str, list[str]] = defaultdict(list)
     for k in sorted(keys):
-        groups[".".join(k.split(".")[:depth]) + "."].append(k)
+        parts = k.split(".")
+        groups[".".join(parts[: max(1, min(depth, len(parts) - 1))]) + "."].append(k)
     lines = [f"{len(v)} keys {what} under '{p}' (e.g. '{v[0]}')" for p, v in groups.items()]
     return lines[:8] + ([f"... and {len(lines) - 8} more groups"] if len(lines) > 8 else [])
 

@@ -12,7 +12,8 @@ import math
 import mmap
 import os
 from pathlib import Path
-from typing import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -124,7 +125,23 @@ class SafetensorsFile(Mapping[str, TensorInfo]):
         self.close()
 
 
-def save_file(tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
+@dataclass(frozen=True)
+class Pending:
+    """A tensor to be made when the writer reaches it: streaming writes hold one tensor at a time."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    make: Callable[[], Tensor]
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+
+def save_file(tensors: Mapping[str, Tensor | Pending], path: str | os.PathLike[str],
+              metadata: Mapping[str, str] | None = None) -> None:
     """Write `tensors` to `path` atomically (temp file, then rename), one tensor at a time."""
     path = Path(path)
     header: dict[str, object] = {}
@@ -143,7 +160,10 @@ def save_file(tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metad
     with open(tmp, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
-        for t in tensors.values():
+        for name, entry in tensors.items():
+            t = entry.make() if isinstance(entry, Pending) else entry
+            if tuple(t.shape) != tuple(entry.shape) or t.dtype != entry.dtype:
+                raise CheckpointError(f"cannot save {name!r}: made {t.dtype}{tuple(t.shape)}, declared {entry.dtype}{tuple(entry.shape)}")
             if t.numel():
                 f.write(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
         f.flush()

@@ -298,7 +298,7 @@ SDXL = replace(SD21, channel_mult=(1, 2, 4), transformer_depth=(0, 2, 10), trans
                context_dim=2048, adm_in_channels=2816, prediction="eps")
 SDXL_REFINER = replace(SDXL, model_channels=384, channel_mult=(1, 2, 4, 4), transformer_depth=(0, 4, 4, 0),
                        transformer_depth_middle=4, context_dim=1280, adm_in_channels=2560)
-TINY_SD1 = replace(SD15, model_channels=32, channel_mult=(1, 2), transformer_depth=(1, 1), context_dim=32, num_heads=4)
+TINY_SD1 = replace(SD15, model_channels=32, channel_mult=(1, 2), transformer_depth=(1, 1), context_dim=32)
 TINY_SD2 = replace(SD21, model_channels=32, channel_mult=(1, 2), transformer_depth=(1, 1), context_dim=32, head_dim=16)
 TINY_SDXL = replace(SDXL, model_channels=32, channel_mult=(1, 2), transformer_depth=(0, 2), transformer_depth_middle=2,
                     context_dim=32, head_dim=16, adm_in_channels=32 + 6 * 256)

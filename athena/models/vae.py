@@ -5,6 +5,7 @@ Images are in [-1, 1]; latents are unscaled (the family's scale/shift factor is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
@@ -217,6 +218,74 @@ class AutoencoderKL(nn.Module):
         if self.cfg.use_quant_conv:
             z = self.post_quant_conv(z)
         return self.decoder(z)
+
+    def decode_tiled(self, z: Tensor, tile: int = 64, overlap: int = 16) -> Tensor:
+        """`decode` over overlapping latent tiles (sizes in latent pixels), blended at the seams."""
+        return tiled(self.decode, z, tile, overlap, scale=float(self.cfg.downscale))
+
+    def encode_tiled(self, img: Tensor, tile: int = 512, overlap: int = 128) -> DiagonalGaussian:
+        """`encode` over overlapping image tiles (sizes in image pixels); blends the distribution's moments."""
+        f = self.cfg.downscale
+        if tile % f or overlap % f:
+            raise ConfigError(f"encode tile={tile} and overlap={overlap} must be multiples of the VAE's downscale {f}")
+
+        def moments(x: Tensor) -> Tensor:
+            d = self.encode(x)
+            return torch.cat([d.mean, d.logvar], dim=1)
+
+        return DiagonalGaussian(tiled(moments, img, tile, overlap, scale=1.0 / f, align=f))
+
+
+# --------------------------------------------------------------------------- tiling
+
+
+def _starts(n: int, tile: int, stride: int, align: int) -> list[int]:
+    """Tile origins covering [0, n): every `stride`, the last one flush with the end, all multiples of `align`."""
+    if n <= tile:
+        return [0]
+    starts = list(range(0, n - tile, stride))
+    return starts + [(n - tile) // align * align]
+
+
+def _ramp(n: int, lo: int, hi: int, device: torch.device) -> Tensor:
+    """1-D blend weights: rising over `lo` samples, flat, falling over `hi` samples; never zero."""
+    w = torch.ones(n, device=device)
+    if lo:
+        w[:lo] = torch.arange(1, lo + 1, device=device) / (lo + 1)
+    if hi:
+        w[n - hi:] = torch.minimum(w[n - hi:], torch.arange(hi, 0, -1, device=device) / (hi + 1))
+    return w
+
+
+def tiled(fn: Callable[[Tensor], Tensor], x: Tensor, tile: int, overlap: int, scale: float, align: int = 1) -> Tensor:
+    """Apply `fn` to overlapping `tile`-sized windows of x (B,C,H,W) and blend the outputs linearly at the seams.
+
+    `fn` maps a window to an output `scale` times its size (8 for decode, 1/8 for encode). Memory is bounded by
+    one tile's activations instead of the whole image's.
+    """
+    if overlap >= tile:
+        raise ConfigError(f"tile overlap {overlap} must be smaller than the tile size {tile}")
+    H, W = x.shape[-2:]
+    ys, xs = _starts(H, tile, tile - overlap, align), _starts(W, tile, tile - overlap, align)
+    out = weight = None
+    for i, y0 in enumerate(ys):
+        for j, x0 in enumerate(xs):
+            t = fn(x[..., y0:y0 + tile, x0:x0 + tile]).float()
+            oy, ox, (th, tw) = int(y0 * scale), int(x0 * scale), t.shape[-2:]
+            if out is None:
+                out = torch.zeros(*t.shape[:2], int(H * scale), int(W * scale), device=t.device)
+                weight = torch.zeros(int(H * scale), int(W * scale), device=t.device)
+            assert weight is not None
+            # Blend only where this tile overlaps a neighbour; image borders keep full weight.
+            top = int((ys[i - 1] + tile - y0) * scale) if i else 0
+            bottom = int((y0 + tile - ys[i + 1]) * scale) if i + 1 < len(ys) else 0
+            left = int((xs[j - 1] + tile - x0) * scale) if j else 0
+            right = int((x0 + tile - xs[j + 1]) * scale) if j + 1 < len(xs) else 0
+            w = _ramp(th, top, bottom, t.device)[:, None] * _ramp(tw, left, right, t.device)[None, :]
+            out[..., oy:oy + th, ox:ox + tw] += t * w
+            weight[oy:oy + th, ox:ox + tw] += w
+    assert out is not None and weight is not None
+    return (out / weight).to(x.dtype)
 
 
 # --------------------------------------------------------------------------- presets
