@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from athena.errors import ConfigError
-from athena.models.layers import AttnImpl, conv1x1, conv3x3, group_norm, merge_heads, sdpa, split_heads, timestep_embedding
+from athena.models.layers import AttnImpl, Linear, conv1x1, conv3x3, group_norm, merge_heads, sdpa, split_heads, timestep_embedding
 
 Prediction = Literal["eps", "v"]
 
@@ -88,7 +88,7 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int):
         super().__init__()
         self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(), conv3x3(channels, out_channels))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.emb_layers = nn.Sequential(nn.SiLU(), Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(group_norm(out_channels), nn.SiLU(), nn.Dropout(0.0), conv3x3(out_channels, out_channels))
         self.skip_connection = nn.Identity() if channels == out_channels else conv1x1(channels, out_channels)
 
@@ -102,10 +102,10 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, context_dim: int, heads: int, attn: AttnImpl):
         super().__init__()
         self.heads, self.attn = heads, attn
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(context_dim, dim, bias=False)
-        self.to_v = nn.Linear(context_dim, dim, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
+        self.to_q = Linear(dim, dim, bias=False)
+        self.to_k = Linear(context_dim, dim, bias=False)
+        self.to_v = Linear(context_dim, dim, bias=False)
+        self.to_out = nn.Sequential(Linear(dim, dim), nn.Dropout(0.0))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         context = x if context is None else context
@@ -116,7 +116,7 @@ class CrossAttention(nn.Module):
 class GEGLU(nn.Module):
     def __init__(self, dim: int, inner: int):
         super().__init__()
-        self.proj = nn.Linear(dim, inner * 2)
+        self.proj = Linear(dim, inner * 2)
 
     def forward(self, x: Tensor) -> Tensor:
         x, gate = self.proj(x).chunk(2, dim=-1)
@@ -126,7 +126,7 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * 4), nn.Dropout(0.0), nn.Linear(dim * 4, dim))
+        self.net = nn.Sequential(GEGLU(dim, dim * 4), nn.Dropout(0.0), Linear(dim * 4, dim))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -151,10 +151,10 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         self.linear = linear
         self.norm = group_norm(channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, channels) if linear else conv1x1(channels, channels)
+        self.proj_in = Linear(channels, channels) if linear else conv1x1(channels, channels)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(channels, context_dim, heads, attn) for _ in range(depth))
-        self.proj_out = nn.Linear(channels, channels) if linear else conv1x1(channels, channels)
+        self.proj_out = Linear(channels, channels) if linear else conv1x1(channels, channels)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         B, C, H, W = x.shape
@@ -223,10 +223,10 @@ class UNet(nn.Module):
         mc, n = cfg.model_channels, cfg.num_res_blocks
         ted = mc * 4
         with torch.device(device or "cpu"):
-            self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+            self.time_embed = nn.Sequential(Linear(mc, ted), nn.SiLU(), Linear(ted, ted))
             if cfg.adm_in_channels is not None:
                 self.label_emb = nn.Sequential(
-                    nn.Sequential(nn.Linear(cfg.adm_in_channels, ted), nn.SiLU(), nn.Linear(ted, ted)))
+                    nn.Sequential(Linear(cfg.adm_in_channels, ted), nn.SiLU(), Linear(ted, ted)))
 
             def transformer(ch: int, depth: int) -> SpatialTransformer:
                 return SpatialTransformer(ch, depth, cfg.context_dim, cfg.heads_for(ch), cfg.use_linear_in_transformer, attn)

@@ -165,3 +165,16 @@ def test_vae_matches_diffusers(tmp_path, name, layout):
         dec_want, dec_got = ref.decode(z).sample, vae.decode(z)
     assert (mean_got - mean_want).abs().max().item() <= TOL
     assert (dec_got - dec_want).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("name", ["sd1_w32", "sd1_w64_3lvl"])
+def test_diffusers_own_converter_reads_our_single_file(name, tmp_path, monkeypatch):
+    """diffusers' `from_single_file` (its own LDM->diffusers code) loads the file we wrote to the same weights."""
+    ref = randomize(diffusers.UNet2DConditionModel(**UNETS[name][2]), 5)
+    folder, single = export(tmp_path, ref)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    back = diffusers.UNet2DConditionModel.from_single_file(str(single), config=str(folder), subfolder="unet",
+                                                            local_files_only=True, torch_dtype=torch.float32)
+    want = ref.state_dict()
+    assert set(back.state_dict()) == set(want)
+    assert all(torch.equal(t, want[k]) for k, t in back.state_dict().items())
