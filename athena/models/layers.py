@@ -23,41 +23,63 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return emb
 
 
-# --------------------------------------------------------------------------- CPU low-precision compute
+# --------------------------------------------------------------------------- mixed precision
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def cpu_fp32_faster(x: Tensor, weight_numel: int = 0) -> bool:
-    """Whether a bf16/fp16 op on this CPU runs faster computed in fp32 from the low-precision tensors.
+def activation_dtype(weight_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype activations flow in for weights stored in `weight_dtype` on `device`.
 
-    Without AMX, oneDNN's bf16/fp16 GEMMs and convolutions are ~1.5x slower than fp32 (AVX512-BF16 only
-    helps dot products). Casting to fp32 costs memory traffic proportional to the tensors, so it pays off
-    once the activations are at least a tenth of the weights (measured per shape for the SD U-Net);
-    weight-bound layers (8x8 latents, 1280+ channels) stay in low precision. GPUs and AMX CPUs never upcast.
+    On a CPU without AMX, oneDNN's bf16/fp16 GEMMs and convolutions are ~1.5x slower than fp32 and the
+    fused attention kernel ~2.2x slower (AVX512-BF16 only speeds up dot products). There, activations
+    flow in fp32 while weights stay in low precision; each layer casts the smaller side (see `mixed`).
+    GPUs and AMX CPUs run in the weights' dtype.
     """
-    return (x.device.type == "cpu" and x.dtype in LOW_PRECISION and x.numel() * 10 >= weight_numel
-            and not torch.cpu._is_amx_tile_supported())
+    if device.type == "cpu" and weight_dtype in LOW_PRECISION and not torch.cpu._is_amx_tile_supported():
+        return torch.float32
+    return weight_dtype
+
+
+def mixed(op: Callable[[Tensor, Tensor, Tensor | None], Tensor], x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """Run `op(x, w, b)` when x and w may differ in dtype, casting whichever side is cheaper.
+
+    Casting costs memory traffic proportional to the cast tensor. Measured on the SD U-Net's shapes,
+    computing in the activations' fp32 wins once they are at least a tenth of the weight's size;
+    weight-bound layers (8x8 latents, 1280+ channels) are faster in the weights' low precision.
+    """
+    if x.dtype == w.dtype:
+        return op(x, w, b)
+    dt = x.dtype if x.numel() * 10 >= w.numel() else w.dtype
+    return op(x.to(dt), w.to(dt), None if b is None else b.to(dt)).to(x.dtype)
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same keys) that computes in fp32 where `cpu_fp32_faster` says so; weights stay as stored."""
+    """nn.Linear (same keys) whose weights may be stored in another dtype than the activations."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if cpu_fp32_faster(x, self.weight.numel()):
-            bias = None if self.bias is None else self.bias.float()
-            return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)
-        return F.linear(x, self.weight, self.bias)
+        return mixed(F.linear, x, self.weight, self.bias)
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d (same keys) that computes in fp32 where `cpu_fp32_faster` says so; weights stay as stored."""
+    """nn.Conv2d (same keys) whose weights may be stored in another dtype than the activations."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if cpu_fp32_faster(x, self.weight.numel()):
-            bias = None if self.bias is None else self.bias.float()
-            return self._conv_forward(x.float(), self.weight.float(), bias).to(x.dtype)
-        return self._conv_forward(x, self.weight, self.bias)
+        return mixed(self._conv_forward, x, self.weight, self.bias)
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm whose (tiny) affine parameters follow the activations' dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm whose (tiny) affine parameters follow the activations' dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
 # --------------------------------------------------------------------------- attention
@@ -72,7 +94,7 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     40: the largest single cost of an SD1.5 step), so there it runs in fp32 and casts back: faster and
     more accurate. Accelerators use the low-precision kernel as is.
     """
-    if cpu_fp32_faster(q):
+    if activation_dtype(q.dtype, q.device) != q.dtype:
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v)
 
@@ -92,8 +114,8 @@ def merge_heads(x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- norms and convs
 
 
-def group_norm(channels: int, eps: float = 1e-5, groups: int = 32) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=eps)
+def group_norm(channels: int, eps: float = 1e-5, groups: int = 32) -> GroupNorm:
+    return GroupNorm(groups, channels, eps=eps)
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, padding: int = 1) -> Conv2d:

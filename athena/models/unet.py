@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from athena.errors import ConfigError
-from athena.models.layers import AttnImpl, Linear, conv1x1, conv3x3, group_norm, merge_heads, sdpa, split_heads, timestep_embedding
+from athena.models.layers import AttnImpl, LayerNorm, Linear, activation_dtype, conv1x1, conv3x3, group_norm, merge_heads, sdpa, split_heads, timestep_embedding
 
 Prediction = Literal["eps", "v"]
 
@@ -93,6 +93,8 @@ class ResBlock(nn.Module):
         self.skip_connection = nn.Identity() if channels == out_channels else conv1x1(channels, out_channels)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        # In-place adds only touch tensors this block allocated: large CPU activations are freshly mmapped
+        # (and page-faulted) on every allocation, so each avoided one is measurable.
         h = self.in_layers(x)
         h = h + self.emb_layers(emb)[:, :, None, None]
         return self.skip_connection(x) + self.out_layers(h)
@@ -138,9 +140,10 @@ class BasicTransformerBlock(nn.Module):
         self.attn1 = CrossAttention(dim, dim, heads, attn)
         self.ff = FeedForward(dim)
         self.attn2 = CrossAttention(dim, context_dim, heads, attn)
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2, self.norm3 = LayerNorm(dim), LayerNorm(dim), LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        """Updates `x` in place: SpatialTransformer passes a tensor it owns."""
         x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
@@ -161,7 +164,7 @@ class SpatialTransformer(nn.Module):
         h = self.norm(x)
         if not self.linear:
             h = self.proj_in(h)
-        h = h.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        h = h.flatten(2).transpose(1, 2)  # (B, H*W, C), owned: the blocks update it in place
         if self.linear:
             h = self.proj_in(h)
         for block in self.transformer_blocks:
@@ -266,7 +269,8 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, context: Tensor, y: Tensor | None = None) -> Tensor:
         if (y is None) != (self.cfg.adm_in_channels is None):
             raise ValueError(f"UNet with adm_in_channels={self.cfg.adm_in_channels} got y={'None' if y is None else tuple(y.shape)}")
-        dtype = self.out[2].weight.dtype
+        weight_dtype = self.out[2].weight.dtype
+        dtype = activation_dtype(weight_dtype, x.device)
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(dtype))  # (B, 4*mc)
         if y is not None:
             emb = emb + self.label_emb(y.to(dtype))
@@ -279,7 +283,7 @@ class UNet(nn.Module):
         for block in self.output_blocks:
             skip = skips.pop()
             h = block(torch.cat([h, skip], dim=1), emb, context, skips[-1].shape[-2:] if skips else None)
-        return self.out(h)
+        return self.out(h).to(weight_dtype)
 
 
 def adm_vector(pooled: Tensor, time_ids: Tensor) -> Tensor:

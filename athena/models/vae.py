@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from athena.errors import ConfigError
-from athena.models.layers import conv1x1, conv3x3, group_norm, sdpa
+from athena.models.layers import activation_dtype, conv1x1, conv3x3, group_norm, sdpa
 
 # --------------------------------------------------------------------------- config
 
@@ -208,16 +208,16 @@ class AutoencoderKL(nn.Module):
         return self.encoder.conv_in.weight.dtype
 
     def encode(self, img: Tensor) -> DiagonalGaussian:
-        moments = self.encoder(img.to(self.dtype))
+        moments = self.encoder(img.to(activation_dtype(self.dtype, img.device)))
         if self.cfg.use_quant_conv:
             moments = self.quant_conv(moments)
-        return DiagonalGaussian(moments)
+        return DiagonalGaussian(moments.to(self.dtype))
 
     def decode(self, z: Tensor) -> Tensor:
-        z = z.to(self.dtype)
+        z = z.to(activation_dtype(self.dtype, z.device))
         if self.cfg.use_quant_conv:
             z = self.post_quant_conv(z)
-        return self.decoder(z)
+        return self.decoder(z).to(self.dtype)
 
     def decode_tiled(self, z: Tensor, tile: int = 64, overlap: int = 16) -> Tensor:
         """`decode` over overlapping latent tiles (sizes in latent pixels), blended at the seams."""
