@@ -164,7 +164,7 @@ class SpatialTransformer(nn.Module):
         h = self.norm(x)
         if not self.linear:
             h = self.proj_in(h)
-        h = h.flatten(2).transpose(1, 2)  # (B, H*W, C), owned: the blocks update it in place
+        h = h.flatten(2).transpose(1, 2).contiguous()  # (B, H*W, C); a strided view would slow every block, owned: the blocks update it in place
         if self.linear:
             h = self.proj_in(h)
         for block in self.transformer_blocks:

@@ -113,3 +113,24 @@ def test_full_size_presets_are_the_real_sizes():
     assert len(unet_shapes(SD21)) == 686 and unet_shapes(SD21)["input_blocks.1.1.proj_in.weight"] == (320, 320)
     assert unet_shapes(SDXL_REFINER)["label_emb.0.0.weight"] == (1536, 2560)
     assert len(AutoencoderKL(SD_VAE, device="meta").state_dict()) == 248
+
+
+@pytest.mark.parametrize("diffusers_names", [False, True])
+def test_standalone_vae_files_load(tmp_path, diffusers_names):
+    """A VAE-only file (as in models/vae/) in either naming is detected and loads; as a pipeline it says what is missing."""
+    from athena.checkpoints.keymaps import sd_vae
+    from athena.checkpoints.load import open_checkpoint
+    vae = AutoencoderKL(TINY_VAE).eval()
+    sd = vae.state_dict()
+    if diffusers_names:
+        sd = {d: sd[l].reshape(sd[l].shape[:2]) if l in sd_vae.CONV_AS_LINEAR else sd[l]
+              for d, l in sd_vae.diffusers_to_ldm(TINY_VAE).items()}
+    save_file(sd, tmp_path / "vae.safetensors")
+    ckpt = open_checkpoint(tmp_path / "vae.safetensors")
+    assert ckpt.layout == ("diffusers_vae" if diffusers_names else "ldm_vae") and ckpt.vae_config == TINY_VAE
+    loaded = ckpt.load_vae()
+    img = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(img).mean, vae.encode(img).mean)
+    with pytest.raises(CheckpointError, match="has no U-Net"):
+        athena.load(tmp_path / "vae.safetensors")
