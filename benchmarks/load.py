@@ -33,7 +33,7 @@ import json, os, resource, sys, time
 os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
 which, path, cfg_dir, dtype = sys.argv[1:5]
-dtype = getattr(torch, dtype)
+dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 if which == "athena":
     import athena
     load = lambda: athena.load(path, dtype=dtype)
@@ -52,8 +52,9 @@ print(json.dumps({"seconds": seconds, "growth": peak - base}))
 
 
 def run_child(which: str, path: Path, cfg_dir: Path, dtype: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, which, str(path), str(cfg_dir), dtype],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, which, str(path), str(cfg_dir), dtype], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{which} loader failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -66,6 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     work = args.workdir or Path(tempfile.mkdtemp(prefix="athena-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     path = work / f"sd15-random-{args.stored}.safetensors"
     if not path.exists():
         print(f"building {path} ...", flush=True)

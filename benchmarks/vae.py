@@ -40,26 +40,50 @@ def build_pair(seed: int = 0):
 
 
 CHILD = r"""
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, sys.argv[3])
-from vae import build_pair
+from vae import decoder_for
 which, dtype = sys.argv[1], getattr(torch, sys.argv[2])
-ref, ours = build_pair()
-ref, ours = ref.to(dtype), ours.to(dtype)
+decode = decoder_for(which, dtype)
 z = torch.randn(1, 4, 64, 64).to(dtype)
-fn = {"athena": lambda: ours.decode(z), "athena-tiled": lambda: ours.decode_tiled(z, 32, 8),
-      "diffusers": lambda: ref.decode(z).sample}[which]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def status(field):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field + ":"))
+
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS mark: measure the decode alone
+base = status("VmRSS")
 with torch.no_grad():
-    fn()
-print(json.dumps({"growth": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base}))
+    decode(z)
+print(json.dumps({"growth": status("VmHWM") - base}))
 """
 
 
+def decoder_for(which: str, dtype: torch.dtype):
+    """Only the measured decoder, weights allocated in place (values do not matter for memory)."""
+    from diffusers import AutoencoderKL as RefVAE
+
+    from athena.checkpoints.diffusers_config import vae_to_diffusers
+    from athena.models.vae import SD_VAE, AutoencoderKL
+
+    if which == "diffusers":
+        with torch.device("meta"):
+            model = RefVAE(**{k: v for k, v in vae_to_diffusers(SD_VAE, 0.18215, None).items() if k != "_class_name"})
+    else:
+        model = AutoencoderKL(SD_VAE, device="meta")
+    model = model.to_empty(device="cpu").to(dtype).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    if which == "diffusers":
+        return lambda z: model.decode(z).sample
+    return (lambda z: model.decode_tiled(z, 32, 8)) if which == "athena-tiled" else model.decode
+
+
 def rss_growth(which: str, dtype: str) -> float:
-    out = subprocess.run([sys.executable, "-c", CHILD, which,
-                          str(DTYPES[dtype]).split(".")[1], str(Path(__file__).resolve().parent)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, which, str(DTYPES[dtype]).split(".")[1],
+                          str(Path(__file__).resolve().parent)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{which} decode failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["growth"]
 
 

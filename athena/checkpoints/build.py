@@ -85,7 +85,10 @@ def random_checkpoint(path: Path, family: str, unet_cfg: UNetConfig, vae_cfg: VA
             return ((1.0 if key.endswith("weight") else 0.0) + torch.randn(shape, generator=g) * 0.02).to(dtype)
         return (torch.randn(shape, generator=g) / math.prod(shape[1:]) ** 0.5).to(dtype)
 
-    entries: dict[str, Tensor | Pending] = {k: Pending(dtype, s, lambda k=k, s=s: draw(k, s)) for k, s in shapes.items()}
+    def pending(key: str, shape: tuple[int, ...]) -> Pending:
+        return Pending(dtype, shape, lambda: draw(key, shape))
+
+    entries: dict[str, Tensor | Pending] = {k: pending(k, s) for k, s in shapes.items()}
     if family in ("sd1", "sd2"):
         entries.update(ddpm_buffers())
     meta = {META_FAMILY: family}

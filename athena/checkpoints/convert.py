@@ -65,7 +65,7 @@ def _text_config(family: str, hf: dict[str, Pending], open_clip_act: bool) -> di
 
 def to_single_file(ckpt: Checkpoint, dst: Path) -> None:
     """Write `ckpt` as one original-layout `.safetensors` file."""
-    items: dict[str, Pending] = {}
+    items: dict[str, Tensor | Pending] = {}
     assert ckpt.unet is not None and ckpt.unet_config is not None
     for k in ckpt.unet:
         items[UNET_PREFIX + k] = _fetch(ckpt.unet, k)

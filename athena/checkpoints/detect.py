@@ -115,14 +115,13 @@ def infer_unet_config(s: Shapes, family: str) -> UNetConfig:
                               f"an SD U-Net") from None
     widths = [mc * m for m, d in zip(mult, depth) if d] + [mc * mult[-1]]
     # Head counts are not in the weights: SD1 uses 8 heads, SD2/SDXL 64-wide heads (ComfyUI does the same).
-    heads: dict[str, int | None] = {"num_heads": 8, "head_dim": None}
-    if family != "sd1" and all(w % 64 == 0 for w in widths):
-        heads = {"num_heads": None, "head_dim": 64}
+    num_heads, head_dim = (None, 64) if family != "sd1" and all(w % 64 == 0 for w in widths) else (8, None)
     adm = s["label_emb.0.0.weight"][1] if "label_emb.0.0.weight" in s else None
     try:
         return UNetConfig(in_channels=cin, out_channels=out_channels, model_channels=mc, channel_mult=mult,
                           num_res_blocks=n, transformer_depth=depth, transformer_depth_middle=middle,
-                          context_dim=context, use_linear_in_transformer=linear, adm_in_channels=adm, **heads)
+                          context_dim=context, use_linear_in_transformer=linear, adm_in_channels=adm,
+                          num_heads=num_heads, head_dim=head_dim)
     except ConfigError as e:
         raise CheckpointError(f"U-Net shapes give an invalid config ({e}); if this is a custom model, save it with "
                               f"'{META_UNET}' metadata") from None

@@ -26,7 +26,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 class Weights(Mapping[str, TensorInfo]):
     """Lazy weight mapping; subclasses implement `__getitem__`, `__iter__`, `__len__` and `view`."""
 
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str]  # set by every subclass
 
     @abstractmethod
     def view(self, name: str) -> Tensor:

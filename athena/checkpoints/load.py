@@ -117,6 +117,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         vae, vae_cfg = _vae_weights(w, layout == "diffusers_vae", w.metadata)
         family = FAMILIES[w.metadata.get(META_FAMILY, "sd1")]
         return Checkpoint(path, layout, family, vae=vae, vae_config=vae_cfg, sources=[w])
+    unet: Weights
     if layout == "diffusers_unet":
         unet = _diffusers_unet(w, detect.diffusers_unet_structure(detect.shapes_of(w)))
     else:
@@ -152,7 +153,7 @@ def _vae_weights(w: Weights, diffusers_names: bool, metadata: dict[str, str],
         cfg = vae_from_diffusers(config) if config else detect.diffusers_vae_config(detect.shapes_of(aliased))
         return _renamed(aliased, sd_vae.diffusers_to_ldm(cfg), "VAE"), cfg
     if META_VAE in metadata:
-        return w, VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(metadata[META_VAE]).items()})
+        return w, VAEConfig.from_dict(json.loads(metadata[META_VAE]))
     return w, detect.infer_vae_config(detect.shapes_of(w))
 
 

@@ -7,7 +7,7 @@ an original single file is a prefix strip and a strict `load_state_dict`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from athena.errors import ConfigError
+from athena.models.config import from_dict
 from athena.models.layers import AttnImpl, LayerNorm, Linear, activation_dtype, conv1x1, conv3x3, group_norm, merge_heads, sdpa, split_heads, timestep_embedding
 
 Prediction = Literal["eps", "v"]
@@ -73,12 +74,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"UNetConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**d)
+        return from_dict(cls, d)
 
 
 # --------------------------------------------------------------------------- layers
@@ -93,8 +89,6 @@ class ResBlock(nn.Module):
         self.skip_connection = nn.Identity() if channels == out_channels else conv1x1(channels, out_channels)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        # In-place adds only touch tensors this block allocated: large CPU activations are freshly mmapped
-        # (and page-faulted) on every allocation, so each avoided one is measurable.
         h = self.in_layers(x)
         h = h + self.emb_layers(emb)[:, :, None, None]
         return self.skip_connection(x) + self.out_layers(h)
@@ -143,7 +137,6 @@ class BasicTransformerBlock(nn.Module):
         self.norm1, self.norm2, self.norm3 = LayerNorm(dim), LayerNorm(dim), LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        """Updates `x` in place: SpatialTransformer passes a tensor it owns."""
         x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
@@ -164,7 +157,7 @@ class SpatialTransformer(nn.Module):
         h = self.norm(x)
         if not self.linear:
             h = self.proj_in(h)
-        h = h.flatten(2).transpose(1, 2).contiguous()  # (B, H*W, C); a strided view would slow every block, owned: the blocks update it in place
+        h = h.flatten(2).transpose(1, 2).contiguous()  # (B, H*W, C); a strided view would slow every block
         if self.linear:
             h = self.proj_in(h)
         for block in self.transformer_blocks:
@@ -200,7 +193,7 @@ class Upsample(nn.Module):
 class Block(nn.ModuleList):
     """One `input_blocks.N` / `output_blocks.N` / `middle_block` entry; dispatches on layer type."""
 
-    def forward(self, x: Tensor, emb: Tensor, context: Tensor, size: tuple[int, int] | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
@@ -266,10 +259,18 @@ class UNet(nn.Module):
         if dtype is not None:
             self.to(dtype=dtype)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def forward(self, x: Tensor, t: Tensor, context: Tensor, y: Tensor | None = None) -> Tensor:
         if (y is None) != (self.cfg.adm_in_channels is None):
             raise ValueError(f"UNet with adm_in_channels={self.cfg.adm_in_channels} got y={'None' if y is None else tuple(y.shape)}")
-        weight_dtype = self.out[2].weight.dtype
+        weight_dtype = self.dtype
         dtype = activation_dtype(weight_dtype, x.device)
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(dtype))  # (B, 4*mc)
         if y is not None:

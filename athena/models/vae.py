@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from athena.errors import ConfigError
-from athena.models.layers import activation_dtype, conv1x1, conv3x3, group_norm, sdpa
+from athena.models.config import from_dict
+from athena.models.layers import activation_dtype, conv1x1, conv3x3, group_norm, mixed, sdpa
 
 # --------------------------------------------------------------------------- config
 
@@ -32,6 +34,10 @@ class VAEConfig:
             raise ConfigError(f"VAEConfig.ch={self.ch} must be a multiple of 32 (GroupNorm(32))")
         if not self.ch_mult:
             raise ConfigError("VAEConfig.ch_mult must have at least one level")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VAEConfig":
+        return from_dict(cls, d)
 
     @property
     def downscale(self) -> int:
@@ -68,10 +74,11 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        h = self.norm(x)
-        q, k, v = (p(h).flatten(2).transpose(1, 2)[:, None] for p in (self.q, self.k, self.v))  # (B, 1, HW, C)
-        h = sdpa(q, k, v)[:, 0].transpose(1, 2).reshape(B, C, H, W)
-        return x + self.proj_out(h)
+        tokens = self.norm(x).flatten(2).transpose(1, 2).contiguous()  # (B, HW, C)
+        # The 1x1 convs applied as linears on contiguous tokens: SDPA's flash kernel needs a unit last stride.
+        q, k, v = (mixed(F.linear, tokens, p.weight.flatten(1), p.bias)[:, None] for p in (self.q, self.k, self.v))
+        h = mixed(F.linear, sdpa(q, k, v)[:, 0], self.proj_out.weight.flatten(1), self.proj_out.bias)
+        return x + h.transpose(1, 2).reshape(B, C, H, W)
 
 
 class Downsample(nn.Module):
@@ -205,7 +212,7 @@ class AutoencoderKL(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.encoder.conv_in.weight.dtype
+        return next(self.parameters()).dtype
 
     def encode(self, img: Tensor) -> DiagonalGaussian:
         moments = self.encoder(img.to(activation_dtype(self.dtype, img.device)))

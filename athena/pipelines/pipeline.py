@@ -26,11 +26,11 @@ class Pipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.out[2].weight.device
+        return self.unet.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.out[2].weight.dtype
+        return self.unet.dtype
 
 
 def load(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32,

@@ -8,8 +8,10 @@ Keys neither table knows (e.g. `logit_scale`) are carried unchanged so conversio
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
 from athena.checkpoints.io import Weights
 from athena.checkpoints.safetensors import Pending
@@ -38,6 +40,15 @@ def _transposed(w: Weights, key: str) -> Pending:
     return Pending(w[key].dtype, (b, a), lambda: w.view(key).t().contiguous())
 
 
+def _rows(w: Weights, key: str, lo: int, hi: int) -> Pending:
+    info = w[key]
+    return Pending(info.dtype, (hi - lo,) + info.shape[1:], lambda: w.view(key)[lo:hi])
+
+
+def _concat(w: Weights, keys: list[str]) -> Callable[[], Tensor]:
+    return lambda: torch.cat([w.view(k) for k in keys])
+
+
 def to_hf(w: Weights) -> dict[str, Pending]:
     """OpenCLIP text tower -> HF CLIPTextModel(WithProjection) keys, tensor for tensor."""
     out: dict[str, Pending] = {}
@@ -49,11 +60,9 @@ def to_hf(w: Weights) -> dict[str, Pending]:
             out["text_projection.weight"] = _transposed(w, key)
         elif qkv:
             i, kind = qkv.groups()
-            info = w[key]
-            third = info.shape[0] // 3
+            third = w[key].shape[0] // 3
             for j, name in enumerate(QKV):
-                out[f"text_model.encoder.layers.{i}.self_attn.{name}.{kind}"] = Pending(
-                    info.dtype, (third,) + info.shape[1:], lambda key=key, j=j, third=third: w.view(key)[j * third:(j + 1) * third])
+                out[f"text_model.encoder.layers.{i}.self_attn.{name}.{kind}"] = _rows(w, key, j * third, (j + 1) * third)
         elif m and m.group(2) in LAYER:
             out[f"text_model.encoder.layers.{m.group(1)}.{LAYER[m.group(2)]}.{m.group(3)}"] = _same(w, key)
         else:
@@ -78,7 +87,7 @@ def from_hf(w: Weights) -> dict[str, Pending]:
                 parts = [f"text_model.encoder.layers.{i}.self_attn.{n}.{kind}" for n in QKV]
                 info = w[parts[0]]
                 out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = Pending(
-                    info.dtype, (3 * info.shape[0],) + info.shape[1:], lambda parts=parts: torch.cat([w.view(p) for p in parts]))
+                    info.dtype, (3 * info.shape[0],) + info.shape[1:], _concat(w, parts))
         elif m and m.group(2) in inverse_layer:
             out[f"transformer.resblocks.{m.group(1)}.{inverse_layer[m.group(2)]}.{m.group(3)}"] = _same(w, key)
         else:
