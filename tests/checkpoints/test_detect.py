@@ -134,3 +134,14 @@ def test_standalone_vae_files_load(tmp_path, diffusers_names):
         assert torch.equal(loaded.encode(img).mean, vae.encode(img).mean)
     with pytest.raises(CheckpointError, match="has no U-Net"):
         athena.load(tmp_path / "vae.safetensors")
+
+
+@pytest.mark.parametrize("std,prediction", [(0.2, "v"), (0.02, "eps")])
+def test_sd2_v_prediction_heuristic_on_full_size_layout(std, prediction):
+    """SD2 768-v and 512-base files have identical keys; the spread of one norm bias tells them apart (as in ComfyUI)."""
+    from athena.checkpoints.io import DictWeights
+    sd = dict(UNet(SD21, device="meta").state_dict())
+    key = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+    sd[key] = torch.randn(sd[key].shape, generator=torch.Generator().manual_seed(0)) * std
+    w = DictWeights(sd)
+    assert detect.unet_config_for(w, "sd2", w) == replace(SD21, prediction=prediction)

@@ -28,6 +28,7 @@ def test_weights_only_pickle_loads(tmp_path):
     assert set(out) == {"a", "b"} and torch.equal(out["a"], sd["a"])
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["torch_zip", "raw_pickle"])
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, writer):
     marker = tmp_path / "pwned"
