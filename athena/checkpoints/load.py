@@ -92,8 +92,7 @@ class Checkpoint:
         if self.unet is None or self.unet_config is None:
             raise CheckpointError(f"{self.path.name}: has no U-Net")
         hint = f"The keys say this is an {self.family.label} U-Net with config {self.unet_config}."
-        unet = UNet(self.unet_config, device="meta", dtype=dtype_of(dtype))
-        unet = unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented; missing from torch's stubs
+        unet = UNet(self.unet_config, device="meta", dtype=dtype_of(dtype)).to(memory_format=torch.channels_last)
         return load_module(unet, self.unet, name=f"{self.path.name} (U-Net)", device=device, hint=hint)
 
     def load_vae(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32) -> AutoencoderKL:
