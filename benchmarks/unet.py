@@ -37,7 +37,7 @@ def build_pair(preset: str, seed: int = 0):
     ours = UNet(cfg, device="meta")
     ref_sd = ref.state_dict()
     ours.load_state_dict({ldm: ref_sd[d].clone() for d, ldm in sd_unet.diffusers_to_ldm(cfg).items()}, assign=True)
-    return cfg, ref, ours.eval().to(memory_format=torch.channels_last)  # the layout athena.load gives
+    return cfg, ref, ours.eval()
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ def load_module(model: M, weights: Weights, *, name: str, device: torch.device |
     if missing or unexpected or bad_shapes:
         lines = _grouped(missing, "missing") + _grouped(unexpected, "unexpected") + bad_shapes[:5]
         raise CheckpointError(f"{name}: weights do not fit the model:\n  " + "\n  ".join(lines) + (f"\n{hint}" if hint else ""))
-    model = model.to_empty(device=device)  # keeps each parameter's memory format (channels_last convs stay so)
+    model = model.to_empty(device=device)
     with torch.no_grad():
         for k, t in model.state_dict().items():
             t.copy_(weights.view(k).reshape(t.shape))
@@ -92,8 +92,8 @@ class Checkpoint:
         if self.unet is None or self.unet_config is None:
             raise CheckpointError(f"{self.path.name}: has no U-Net")
         hint = f"The keys say this is an {self.family.label} U-Net with config {self.unet_config}."
-        unet = UNet(self.unet_config, device="meta", dtype=dtype_of(dtype)).to(memory_format=torch.channels_last)
-        return load_module(unet, self.unet, name=f"{self.path.name} (U-Net)", device=device, hint=hint)
+        return load_module(UNet(self.unet_config, device="meta", dtype=dtype_of(dtype)), self.unet,
+                           name=f"{self.path.name} (U-Net)", device=device, hint=hint)
 
     def load_vae(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32) -> AutoencoderKL:
         if self.vae is None or self.vae_config is None:
