@@ -25,6 +25,7 @@ from common import fmt_table  # noqa: E402
 
 from athena.checkpoints.build import random_checkpoint  # noqa: E402
 from athena.checkpoints.diffusers_config import unet_to_diffusers, vae_to_diffusers  # noqa: E402
+from athena.checkpoints.load import dtype_of  # noqa: E402
 from athena.models.unet import SD15  # noqa: E402
 from athena.models.vae import SD_VAE  # noqa: E402
 
@@ -33,7 +34,8 @@ import json, os, resource, sys, time
 os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
 which, path, cfg_dir, dtype = sys.argv[1:5]
-dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+from athena.checkpoints.load import dtype_of
+dtype = dtype_of(dtype)
 if which == "athena":
     import athena
     load = lambda: athena.load(path, dtype=dtype)
@@ -65,19 +67,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     work = args.workdir or Path(tempfile.mkdtemp(prefix="athena-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"sd15-random-{args.stored}.safetensors"
     if not path.exists():
         print(f"building {path} ...", flush=True)
-        random_checkpoint(path, "sd1", SD15, SD_VAE, {"clip_l": (768, 12)}, dtype=dtypes[args.stored])
+        random_checkpoint(path, "sd1", SD15, SD_VAE, {"clip_l": (768, 12)}, dtype=dtype_of(args.stored))
     cfg_dir = work / "diffusers-config"  # local configs: from_single_file must not reach a hub
     for name, cfg in (("unet", unet_to_diffusers(SD15)), ("vae", vae_to_diffusers(SD_VAE, 0.18215, None))):
         (cfg_dir / name).mkdir(parents=True, exist_ok=True)
         (cfg_dir / name / "config.json").write_text(json.dumps(cfg))
 
-    elem = torch.empty((), dtype=dtypes[args.dtype]).element_size()
+    elem = torch.empty((), dtype=dtype_of(args.dtype)).element_size()
     from athena.models.unet import UNet
     from athena.models.vae import AutoencoderKL
     n_params = sum(p.numel() for m in (UNet(SD15, device="meta"), AutoencoderKL(SD_VAE, device="meta")) for p in m.parameters())

@@ -21,9 +21,9 @@ from common import fmt_table, matmul_flops_per_s, timed_pair  # noqa: E402
 
 from athena.checkpoints.diffusers_config import unet_to_diffusers  # noqa: E402
 from athena.checkpoints.keymaps import sd_unet  # noqa: E402
+from athena.checkpoints.load import dtype_of  # noqa: E402
 from athena.models.unet import UNET_PRESETS, UNet  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CASES = {"sd15-32": ("sd15", 32), "sd15-64": ("sd15", 64), "sd15-128": ("sd15", 128), "tiny": ("tiny", 32)}
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {args.threads} threads"
     print(f"# U-Net forward, Athena vs diffusers ({name}, torch {torch.__version__}), median of {args.runs} after warm-up")
 
-    peaks = {dt: matmul_flops_per_s(DTYPES[dt], device) for dt in dtypes}
+    peaks = {dt: matmul_flops_per_s(dtype_of(dt), device) for dt in dtypes}
     rows = []
     built: dict[str, tuple] = {}
     for case in cases:
@@ -67,7 +67,7 @@ def main() -> None:
             built = {preset: build_pair(preset)}  # one full-size pair in memory at a time
         cfg, ref, ours = built[preset]
         for dt in dtypes:
-            dtype = DTYPES[dt]
+            dtype = dtype_of(dt)
             ref.to(device, dtype)
             ours.to(device, dtype)
             g = torch.Generator().manual_seed(1)

@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt_table, timed_pair  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from athena.checkpoints.load import dtype_of  # noqa: E402
+
 
 
 def build_pair(seed: int = 0):
@@ -80,7 +81,7 @@ def decoder_for(which: str, dtype: torch.dtype):
 
 
 def rss_growth(which: str, dtype: str) -> float:
-    out = subprocess.run([sys.executable, "-c", CHILD, which, str(DTYPES[dtype]).split(".")[1],
+    out = subprocess.run([sys.executable, "-c", CHILD, which, str(dtype_of(dtype)).split(".")[1],
                           str(Path(__file__).resolve().parent)], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{which} decode failed:\n{out.stderr[-3000:]}")
@@ -97,7 +98,7 @@ def main() -> None:
     ref, ours = build_pair()
     rows = []
     for dt in args.dtypes.split(","):
-        dtype = DTYPES[dt]
+        dtype = dtype_of(dt)
         ref.to(device, dtype)
         ours.to(device, dtype)
         z = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(1)).to(device, dtype)

@@ -7,9 +7,8 @@
 import argparse
 from pathlib import Path
 
-import torch
-
 from athena.checkpoints.build import random_checkpoint
+from athena.checkpoints.load import dtype_of
 from athena.models.unet import UNET_PRESETS
 from athena.models.vae import VAE_PRESETS
 
@@ -25,8 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     unet, vae, width, layers = SIZES[args.preset]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    random_checkpoint(args.out, "sd1", UNET_PRESETS[unet], VAE_PRESETS[vae], {"clip_l": (width, layers)}, dtype=dtype, seed=args.seed)
+    random_checkpoint(args.out, "sd1", UNET_PRESETS[unet], VAE_PRESETS[vae], {"clip_l": (width, layers)}, dtype=dtype_of(args.dtype), seed=args.seed)
     print(args.out)
 
 

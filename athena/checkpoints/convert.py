@@ -22,17 +22,9 @@ from athena.checkpoints.safetensors import Pending, save_file
 
 
 
-def _fetch(w: Weights, key: str, shape: tuple[int, ...] | None = None) -> Pending:
-    """The tensor `key` of `w`, read when written (a zero-copy view where the source allows)."""
-    info = w[key]
-    if shape is None:
-        return Pending(info.dtype, info.shape, lambda: w.view(key))
-    return Pending(info.dtype, shape, lambda: w.view(key).reshape(shape))
-
-
 def _hf_text(weights: Weights) -> dict[str, Pending]:
     """A text encoder under Hugging Face CLIP names, whichever layout it is stored in."""
-    return open_clip.to_hf(weights) if open_clip.is_open_clip(weights) else {k: _fetch(weights, k) for k in weights}
+    return open_clip.to_hf(weights) if open_clip.is_open_clip(weights) else {k: weights.pending(k) for k in weights}
 
 
 def _single_file_text(prefix: str, weights: Weights) -> dict[str, Pending]:
@@ -42,7 +34,7 @@ def _single_file_text(prefix: str, weights: Weights) -> dict[str, Pending]:
         return open_clip.from_hf(weights)
     if not oc and open_clip.is_open_clip(weights):
         return open_clip.to_hf(weights)
-    return {k: _fetch(weights, k) for k in weights}
+    return {k: weights.pending(k) for k in weights}
 
 
 def _text_config(family: str, hf: dict[str, Pending], open_clip_act: bool) -> dict[str, object]:
@@ -68,11 +60,11 @@ def to_single_file(ckpt: Checkpoint, dst: Path) -> None:
     items: dict[str, Tensor | Pending] = {}
     assert ckpt.unet is not None and ckpt.unet_config is not None
     for k in ckpt.unet:
-        items[UNET_PREFIX + k] = _fetch(ckpt.unet, k)
+        items[UNET_PREFIX + k] = ckpt.unet.pending(k)
     if ckpt.vae is not None:
         for k in ckpt.vae:
             shape = ckpt.vae[k].shape
-            items[VAE_PREFIX + k] = _fetch(ckpt.vae, k, shape + (1, 1) if k in sd_vae.CONV_AS_LINEAR and len(shape) == 2 else None)
+            items[VAE_PREFIX + k] = ckpt.vae.pending(k, shape + (1, 1) if k in sd_vae.CONV_AS_LINEAR and len(shape) == 2 else None)
     prefixes = dict(ckpt.family.text_encoders)
     for name, weights in ckpt.text.items():
         items.update({prefixes[name] + k: t for k, t in _single_file_text(prefixes[name], weights).items()})
@@ -87,7 +79,7 @@ def _schedule_buffers(ckpt: Checkpoint) -> dict[str, Tensor | Pending]:
     """Keys outside the models: carried from a single file, or the 12 DDPM buffers SD1/SD2 files hold, rebuilt
     from a diffusers folder's scheduler config so that single -> diffusers -> single is exact."""
     if ckpt.layout != "diffusers":
-        return {k: _fetch(ckpt.sources[0], k) for k in ckpt.other}
+        return {k: ckpt.sources[0].pending(k) for k in ckpt.other}
     sched = ckpt.path / "scheduler" / "scheduler_config.json"
     if ckpt.family.name not in ("sd1", "sd2") or not sched.is_file():
         return {}
@@ -110,11 +102,11 @@ def to_diffusers(ckpt: Checkpoint, dst: Path) -> None:
         save_file(tensors, dst / folder / f"{stem}.safetensors")
 
     unet_table = sd_unet.diffusers_to_ldm(cfg)
-    write("unet", unet_to_diffusers(cfg), {d: _fetch(ckpt.unet, ldm) for d, ldm in unet_table.items()}, "diffusion_pytorch_model")
+    write("unet", unet_to_diffusers(cfg), {d: ckpt.unet.pending(ldm) for d, ldm in unet_table.items()}, "diffusion_pytorch_model")
     index["unet"] = ["diffusers", "UNet2DConditionModel"]
     if ckpt.vae is not None and ckpt.vae_config is not None:
         vae = ckpt.vae
-        tensors = {d: _fetch(vae, ldm, vae[ldm].shape[:2] if ldm in sd_vae.CONV_AS_LINEAR else None)
+        tensors = {d: vae.pending(ldm, vae[ldm].shape[:2] if ldm in sd_vae.CONV_AS_LINEAR else None)
                    for d, ldm in sd_vae.diffusers_to_ldm(ckpt.vae_config).items()}
         write("vae", vae_to_diffusers(ckpt.vae_config, ckpt.family.latent_scale, ckpt.family.latent_shift or None),
               tensors, "diffusion_pytorch_model")

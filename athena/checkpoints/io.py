@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from athena.checkpoints.safetensors import SafetensorsFile, TensorInfo
+from athena.checkpoints.safetensors import Pending, SafetensorsFile, TensorInfo
 from athena.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -34,6 +34,13 @@ class Weights(Mapping[str, TensorInfo]):
 
     def release(self, name: str) -> None:
         """Let go of any memory held for `name` after the caller copied it."""
+
+    def pending(self, name: str, shape: tuple[int, ...] | None = None) -> Pending:
+        """`name` as a tensor to write later (read when the writer reaches it), optionally reshaped."""
+        info = self[name]
+        if shape is None:
+            return Pending(info.dtype, info.shape, lambda: self.view(name))
+        return Pending(info.dtype, shape, lambda: self.view(name).reshape(shape))
 
     def get(self, name: str, dtype: torch.dtype | None = None) -> Tensor:  # type: ignore[override]
         t = self.view(name).to(dtype=dtype or self[name].dtype, copy=True)

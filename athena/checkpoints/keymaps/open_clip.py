@@ -31,10 +31,6 @@ def is_open_clip(w: Weights) -> bool:
     return "token_embedding.weight" in w
 
 
-def _same(w: Weights, key: str) -> Pending:
-    return Pending(w[key].dtype, w[key].shape, lambda: w.view(key))
-
-
 def _transposed(w: Weights, key: str) -> Pending:
     a, b = w[key].shape
     return Pending(w[key].dtype, (b, a), lambda: w.view(key).t().contiguous())
@@ -55,7 +51,7 @@ def to_hf(w: Weights) -> dict[str, Pending]:
     for key in w:
         m, qkv = OC_LAYER.match(key), OC_QKV.match(key)
         if key in TOP:
-            out[TOP[key]] = _same(w, key)
+            out[TOP[key]] = w.pending(key)
         elif key == "text_projection":
             out["text_projection.weight"] = _transposed(w, key)
         elif qkv:
@@ -64,9 +60,9 @@ def to_hf(w: Weights) -> dict[str, Pending]:
             for j, name in enumerate(QKV):
                 out[f"text_model.encoder.layers.{i}.self_attn.{name}.{kind}"] = _rows(w, key, j * third, (j + 1) * third)
         elif m and m.group(2) in LAYER:
-            out[f"text_model.encoder.layers.{m.group(1)}.{LAYER[m.group(2)]}.{m.group(3)}"] = _same(w, key)
+            out[f"text_model.encoder.layers.{m.group(1)}.{LAYER[m.group(2)]}.{m.group(3)}"] = w.pending(key)
         else:
-            out[key] = _same(w, key)
+            out[key] = w.pending(key)
     return out
 
 
@@ -78,7 +74,7 @@ def from_hf(w: Weights) -> dict[str, Pending]:
     for key in w:
         m = HF_LAYER.match(key)
         if key in inverse_top:
-            out[inverse_top[key]] = _same(w, key)
+            out[inverse_top[key]] = w.pending(key)
         elif key == "text_projection.weight":
             out["text_projection"] = _transposed(w, key)
         elif m and m.group(2).startswith("self_attn.") and m.group(2)[len("self_attn."):] in QKV:
@@ -89,7 +85,7 @@ def from_hf(w: Weights) -> dict[str, Pending]:
                 out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = Pending(
                     info.dtype, (3 * info.shape[0],) + info.shape[1:], _concat(w, parts))
         elif m and m.group(2) in inverse_layer:
-            out[f"transformer.resblocks.{m.group(1)}.{inverse_layer[m.group(2)]}.{m.group(3)}"] = _same(w, key)
+            out[f"transformer.resblocks.{m.group(1)}.{inverse_layer[m.group(2)]}.{m.group(3)}"] = w.pending(key)
         else:
-            out[key] = _same(w, key)
+            out[key] = w.pending(key)
     return out
