@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e '.[test]'
+# CLIP's BPE vocabulary ships in these packages; --no-deps keeps their torchvision requirement out.
+python -m pip install --quiet --no-deps open_clip_torch==3.3.0 clip-anytorch==2.6.0
 python -m pytest tests "$@"
