@@ -17,6 +17,7 @@ import importlib.util
 import json
 import re
 import unicodedata
+from itertools import pairwise
 from pathlib import Path
 
 from athena.errors import ConfigError
@@ -68,7 +69,8 @@ class ClipTokenizer:
     def from_bpe_file(cls, path: str | Path) -> ClipTokenizer:
         """OpenAI's gzipped merges file; the vocabulary is derived from it exactly as CLIP derives it."""
         try:
-            lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                lines = f.read().split("\n")
         except (OSError, EOFError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read CLIP's BPE file ({e})") from None
         merges = [_pair(line, path) for line in lines[1:1 + MERGES_IN_VOCAB_FILE]]
@@ -132,7 +134,7 @@ class ClipTokenizer:
         ranks = self.ranks
         while len(symbols) > 1:
             best, best_rank = None, len(ranks)
-            for pair in zip(symbols, symbols[1:]):
+            for pair in pairwise(symbols):
                 r = ranks.get(pair)
                 if r is not None and r < best_rank:
                     best, best_rank = pair, r
