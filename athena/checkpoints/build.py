@@ -7,7 +7,9 @@ encoders from a shape table of the Hugging Face CLIP layout (mapped to OpenCLIP 
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -17,26 +19,18 @@ from athena.checkpoints.detect import FAMILIES, META_FAMILY, META_UNET, UNET_PRE
 from athena.checkpoints.io import DictWeights
 from athena.checkpoints.keymaps import open_clip
 from athena.checkpoints.safetensors import Pending, save_file
+from athena.checkpoints.text import HEAD_DIM, META_TEXT
+from athena.models.clip import CLIP_L, OPENCLIP_H, CLIPTextConfig, CLIPTextModel
 from athena.models.unet import UNet, UNetConfig
 from athena.models.vae import AutoencoderKL, VAEConfig
 
 
-def clip_text_shapes(width: int, layers: int, vocab: int = 49408, positions: int = 77) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a Hugging Face `CLIPTextModel` (the layout of SD1.x's `cond_stage_model.transformer.`)."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "text_model.embeddings.token_embedding.weight": (vocab, width),
-        "text_model.embeddings.position_embedding.weight": (positions, width),
-        "text_model.final_layer_norm.weight": (width,), "text_model.final_layer_norm.bias": (width,),
-    }
-    for i in range(layers):
-        p = f"text_model.encoder.layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes[p + f"self_attn.{proj}.weight"], shapes[p + f"self_attn.{proj}.bias"] = (width, width), (width,)
-        for ln in ("layer_norm1", "layer_norm2"):
-            shapes[p + f"{ln}.weight"], shapes[p + f"{ln}.bias"] = (width,), (width,)
-        shapes[p + "mlp.fc1.weight"], shapes[p + "mlp.fc1.bias"] = (4 * width, width), (4 * width,)
-        shapes[p + "mlp.fc2.weight"], shapes[p + "mlp.fc2.bias"] = (width, 4 * width), (width,)
-    return shapes
+def text_config(name: str, width: int, layers: int) -> CLIPTextConfig:
+    """A CLIP text tower of `name`'s kind (CLIP-L: quick_gelu; OpenCLIP: gelu and a projection) at any size."""
+    heads = width // HEAD_DIM if width % HEAD_DIM == 0 else max(1, width // 16)
+    if name == "clip_l":
+        return replace(CLIP_L, width=width, layers=layers, heads=heads, mlp_dim=4 * width)
+    return replace(OPENCLIP_H, width=width, layers=layers, heads=heads, mlp_dim=4 * width, projection_dim=width)
 
 
 def ddpm_buffers(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> dict[str, Tensor]:
@@ -54,13 +48,11 @@ def ddpm_buffers(steps: int = 1000, beta_start: float = 0.00085, beta_end: float
     return {k: v.float() for k, v in bufs.items()}
 
 
-def text_shapes(layout_prefix: str, width: int, layers: int) -> dict[str, tuple[int, ...]]:
+def text_shapes(layout_prefix: str, cfg: CLIPTextConfig) -> dict[str, tuple[int, ...]]:
     """Text-encoder key -> shape in the layout its single-file prefix implies (HF CLIP, or OpenCLIP for `...model.`)."""
-    hf = clip_text_shapes(width, layers)
+    meta = DictWeights(CLIPTextModel(cfg, device="meta").state_dict())
     if not layout_prefix.endswith(".model."):
-        return hf
-    hf["text_projection.weight"] = (width, width)
-    meta = DictWeights({k: torch.empty(s, device="meta") for k, s in hf.items()})
+        return {k: tuple(t.shape) for k, t in meta.tensors.items()}
     return {k: p.shape for k, p in open_clip.from_hf(meta).items()}
 
 
@@ -76,9 +68,10 @@ def random_checkpoint(path: Path, family: str, unet_cfg: UNetConfig, vae_cfg: VA
     shapes = {UNET_PREFIX + k: tuple(v.shape) for k, v in UNet(unet_cfg, device="meta").state_dict().items()}
     if vae_cfg is not None:
         shapes.update({VAE_PREFIX + k: tuple(v.shape) for k, v in AutoencoderKL(vae_cfg, device="meta").state_dict().items()})
+    text_configs = {name: text_config(name, *text[name]) for name, _ in fam.text_encoders if text and name in text}
     for name, prefix in fam.text_encoders:
-        if text and name in text:
-            shapes.update({prefix + k: s for k, s in text_shapes(prefix, *text[name]).items()})
+        if name in text_configs:
+            shapes.update({prefix + k: s for k, s in text_shapes(prefix, text_configs[name]).items()})
 
     def draw(key: str, shape: tuple[int, ...]) -> Tensor:
         if len(shape) == 1:  # norm scales near 1, biases near 0, as in trained weights
@@ -91,7 +84,12 @@ def random_checkpoint(path: Path, family: str, unet_cfg: UNetConfig, vae_cfg: VA
     entries: dict[str, Tensor | Pending] = {k: pending(k, s) for k, s in shapes.items()}
     if family in ("sd1", "sd2"):
         entries.update(ddpm_buffers())
+    for name, prefix in fam.text_encoders:
+        if name in text_configs and not prefix.endswith(".model."):  # real CLIP-L files carry this int64 buffer
+            entries[prefix + "text_model.embeddings.position_ids"] = torch.arange(text_configs[name].max_positions)[None]
     meta = {META_FAMILY: family}
+    if text_configs:
+        meta[META_TEXT] = json.dumps({n: asdict(c) for n, c in text_configs.items()})
     if metadata:
         meta[META_UNET] = unet_cfg.to_json()
     save_file(entries, path, meta)

@@ -8,10 +8,12 @@ Text encoders go to the Hugging Face CLIP layout in folders and to each family's
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from torch import Tensor
 
+from athena.checkpoints import text
 from athena.checkpoints.build import ddpm_buffers
 from athena.checkpoints.detect import META_FAMILY, META_UNET, META_VAE, UNET_PREFIX, VAE_PREFIX
 from athena.checkpoints.diffusers_config import unet_to_diffusers, vae_to_diffusers
@@ -19,6 +21,7 @@ from athena.checkpoints.io import Weights
 from athena.checkpoints.keymaps import open_clip, sd_unet, sd_vae
 from athena.checkpoints.load import Checkpoint
 from athena.checkpoints.safetensors import Pending, save_file
+from athena.models.clip import CLIPTextConfig
 
 
 
@@ -37,22 +40,29 @@ def _single_file_text(prefix: str, weights: Weights) -> dict[str, Pending]:
     return {k: weights.pending(k) for k in weights}
 
 
-def _text_config(family: str, hf: dict[str, Pending], open_clip_act: bool) -> dict[str, object]:
-    token = hf["text_model.embeddings.token_embedding.weight"].shape
-    layers = 1 + max(int(k.split(".")[3]) for k in hf if k.startswith("text_model.encoder.layers."))
-    projection = "text_projection.weight" in hf and family.startswith("sdxl")
+def _text_config(family: str, cfg: CLIPTextConfig) -> dict[str, object]:
+    projection = cfg.projection_dim is not None and family.startswith("sdxl")
     return {
         "architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"], "model_type": "clip_text_model",
-        "vocab_size": token[0], "hidden_size": token[1], "num_attention_heads": max(1, token[1] // 64),
-        "intermediate_size": hf["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
-        "max_position_embeddings": hf["text_model.embeddings.position_embedding.weight"].shape[0],
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.width, "num_attention_heads": cfg.heads,
+        "intermediate_size": cfg.mlp_dim, "max_position_embeddings": cfg.max_positions,
         # SD2 conditions on the penultimate layer; diffusers expresses that by declaring one layer fewer. The last
         # layer's tensors stay in the file (transformers ignores them) so that converting back is exact.
-        "num_hidden_layers": layers - 1 if family == "sd2" else layers,
-        "hidden_act": "gelu" if open_clip_act else "quick_gelu", "layer_norm_eps": 1e-5,
-        "projection_dim": hf["text_projection.weight"].shape[0] if "text_projection.weight" in hf else token[1],
-        "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407 if family == "sd1" else 0,
+        "num_hidden_layers": cfg.layers - 1 if family == "sd2" else cfg.layers,
+        "hidden_act": cfg.act, "layer_norm_eps": cfg.eps, "projection_dim": cfg.projection_dim or cfg.width,
+        "bos_token_id": cfg.eos_token_id - 1, "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.eos_token_id if family == "sd1" else 0,
     }
+
+
+def _text_configs(ckpt: Checkpoint) -> dict[str, CLIPTextConfig]:
+    """Each text encoder's full config (the whole tower, even where a diffusers config declares one layer less)."""
+    out = {}
+    for name, w in ckpt.text.items():
+        cfg = text.text_config(text.hf_names(w), name, ckpt.text_hf_configs.get(name))
+        out[name] = replace(cfg, layers=cfg.layers + ckpt.text_layers_dropped(name)) if ckpt.text_layers_dropped(name) \
+            and text.stored_layers(text.hf_names(w)) > cfg.layers else cfg
+    return out
 
 
 def to_single_file(ckpt: Checkpoint, dst: Path) -> None:
@@ -70,6 +80,8 @@ def to_single_file(ckpt: Checkpoint, dst: Path) -> None:
         items.update({prefixes[name] + k: t for k, t in _single_file_text(prefixes[name], weights).items()})
     items.update(_schedule_buffers(ckpt))
     meta = {META_FAMILY: ckpt.family.name, META_UNET: ckpt.unet_config.to_json()}
+    if ckpt.text:
+        meta[text.META_TEXT] = json.dumps({n: asdict(c) for n, c in _text_configs(ckpt).items()})
     if ckpt.vae_config is not None:
         meta[META_VAE] = json.dumps(ckpt.vae_config.__dict__)
     save_file(items, dst, meta)
@@ -111,9 +123,10 @@ def to_diffusers(ckpt: Checkpoint, dst: Path) -> None:
         write("vae", vae_to_diffusers(ckpt.vae_config, ckpt.family.latent_scale, ckpt.family.latent_shift or None),
               tensors, "diffusion_pytorch_model")
         index["vae"] = ["diffusers", "AutoencoderKL"]
-    for weights, folder in zip(ckpt.text.values(), ("text_encoder", "text_encoder_2")):
+    configs = _text_configs(ckpt)
+    for (name, weights), folder in zip(ckpt.text.items(), ("text_encoder", "text_encoder_2")):
         hf = _hf_text(weights)
-        config = _text_config(ckpt.family.name, hf, open_clip.is_open_clip(weights))
+        config = _text_config(ckpt.family.name, configs[name])
         write(folder, config, hf, "model")
         index[folder] = ["transformers", config["architectures"][0]]  # type: ignore[index]
     (dst / "scheduler").mkdir(exist_ok=True)

@@ -96,6 +96,29 @@ class DictWeights(Weights):
         return self.tensors[name]
 
 
+class PendingWeights(Weights):
+    """Tensors made on demand (a key map that splits or transposes, e.g. OpenCLIP's fused q/k/v)."""
+
+    def __init__(self, items: Mapping[str, Pending], base: Weights):
+        self.made, self.base, self.metadata = dict(items), base, base.metadata
+
+    def __getitem__(self, name: str) -> TensorInfo:
+        p = self.made[name]
+        return TensorInfo(p.dtype, p.shape, 0, 0)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.made)
+
+    def __len__(self) -> int:
+        return len(self.made)
+
+    def view(self, name: str) -> Tensor:
+        return self.made[name].make()
+
+    def close(self) -> None:
+        self.base.close()
+
+
 class Renamed(Weights):
     """A view of `base` under new names: `table` maps new name -> base name (a prefix strip is a table too)."""
 
@@ -179,7 +202,18 @@ def load_pickle(path: Path) -> dict[str, Tensor]:
         obj = obj["state_dict"]  # Lightning/LDM .ckpt wrapper
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path.name}: holds a {type(obj).__name__}, not a state dict of tensors")
-    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    return _tensors(obj)
+
+
+def _tensors(obj: Mapping[object, object], prefix: str = "") -> dict[str, Tensor]:
+    """The tensors of a (nested) dict under dotted names; other values (steps, names, strings) are dropped."""
+    out: dict[str, Tensor] = {}
+    for k, v in obj.items():
+        if isinstance(v, Tensor):
+            out[f"{prefix}{k}"] = v
+        elif isinstance(v, Mapping):
+            out.update(_tensors(v, f"{prefix}{k}."))
+    return out
 
 
 def open_weights(path: str | os.PathLike[str]) -> Weights:

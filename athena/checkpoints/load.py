@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from athena.checkpoints import detect
+from athena.checkpoints import detect, text
 from athena.checkpoints.detect import FAMILIES, META_FAMILY, META_VAE, UNET_PREFIX, VAE_PREFIX, Family
 from athena.checkpoints.diffusers_config import unet_from_diffusers, vae_from_diffusers
 from athena.checkpoints.io import Renamed, Weights, open_component, open_weights, strip_prefix
 from athena.checkpoints.keymaps import sd_unet, sd_vae
 from athena.errors import CheckpointError, ConfigError
+from athena.models.clip import CLIPTextModel
 from athena.models.unet import UNet, UNetConfig
 from athena.models.vae import AutoencoderKL, VAEConfig
 
@@ -84,7 +85,9 @@ class Checkpoint:
     unet_config: UNetConfig | None = None
     vae: Weights | None = None
     vae_config: VAEConfig | None = None
-    text: dict[str, Weights] = field(default_factory=dict)  # handed to the text module, never an error here
+    text: dict[str, Weights] = field(default_factory=dict)  # under the file's own names (HF CLIP or OpenCLIP)
+    text_hf_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # diffusers text_encoder*/config.json
+    tokenizers: dict[str, Path] = field(default_factory=dict)  # diffusers tokenizer*/ folders (vocab.json, merges.txt)
     other: list[str] = field(default_factory=list)  # keys no component claims (schedule buffers, EMA copies)
     sources: list[Weights] = field(default_factory=list)
 
@@ -100,6 +103,21 @@ class Checkpoint:
             raise CheckpointError(f"{self.path.name}: has no VAE; pass a separate VAE file")
         return load_module(AutoencoderKL(self.vae_config, device="meta", dtype=dtype_of(dtype)), self.vae,
                            name=f"{self.path.name} (VAE)", device=device)
+
+    def load_text(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32) -> CLIPTextModel:
+        """The text encoder `name` (clip_l, clip_h, clip_g), strictly, under Hugging Face CLIP names."""
+        if name not in self.text:
+            raise CheckpointError(f"{self.path.name}: has no {name} text encoder (it has: {sorted(self.text) or 'none'}); "
+                                  f"load one from a separate file")
+        w = text.hf_names(self.text[name])
+        cfg = text.text_config(w, name, self.text_hf_configs.get(name))
+        return load_module(CLIPTextModel(cfg, device="meta", dtype=dtype_of(dtype)), text.model_weights(w, cfg),
+                           name=f"{self.path.name} ({name} text encoder)", device=device, hint=f"Inferred config: {cfg}.")
+
+    def text_layers_dropped(self, name: str) -> int:
+        """Final layers of the original tower that the stored config leaves out: diffusers ends SD2's ViT-H at
+        the penultimate layer (the one SD2 conditions on) by declaring 23 of its 24 layers."""
+        return 1 if self.layout == "diffusers" and self.family.name == "sd2" and name == "clip_h" else 0
 
     def close(self) -> None:
         for s in self.sources:
@@ -182,10 +200,14 @@ def _open_diffusers_folder(path: Path) -> Checkpoint:
         vae_raw = open_component(path / "vae", "diffusion_pytorch_model")
         ckpt.sources.append(vae_raw)
         ckpt.vae, ckpt.vae_config = _vae_weights(vae_raw, True, {}, _read_json(path / "vae" / "config.json"))
-    for (name, _), folder in zip(family.text_encoders, ("text_encoder", "text_encoder_2")):
-        if (path / folder).is_dir():
-            ckpt.text[name] = open_component(path / folder, "model")
+    for (name, _), suffix in zip(family.text_encoders, ("", "_2")):
+        if (path / f"text_encoder{suffix}").is_dir():
+            ckpt.text[name] = open_component(path / f"text_encoder{suffix}", "model")
             ckpt.sources.append(ckpt.text[name])
+            if (path / f"text_encoder{suffix}" / "config.json").is_file():
+                ckpt.text_hf_configs[name] = _read_json(path / f"text_encoder{suffix}" / "config.json")
+        if (path / f"tokenizer{suffix}" / "vocab.json").is_file():
+            ckpt.tokenizers[name] = path / f"tokenizer{suffix}"
     return ckpt
 
 

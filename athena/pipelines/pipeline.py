@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from athena.checkpoints.detect import Family
-from athena.checkpoints.io import Weights
-from athena.checkpoints.load import dtype_of, open_checkpoint, with_family
+from athena.checkpoints.load import Checkpoint, dtype_of, open_checkpoint, with_family
+from athena.errors import CheckpointError
 from athena.models.unet import UNet
 from athena.models.vae import AutoencoderKL
+from athena.pipelines.conditioning import FAMILY_TEXT, Conditioning, PromptEncoder, TextEncoder, Weighting, conditioning, size_ids
 
 
 @dataclass
 class Pipeline:
-    """A checkpoint's models, ready for inference. Text encoders' weights are kept for the text module."""
+    """A checkpoint's models, ready for inference."""
 
     family: Family
     unet: UNet
     vae: AutoencoderKL | None
-    text_weights: dict[str, Weights] = field(default_factory=dict)
+    text: PromptEncoder | None = None
     path: Path | None = None
 
     @property
@@ -32,12 +33,38 @@ class Pipeline:
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
+    def encode_prompt(self, text: str, *, clip_skip: int | None = None, weighting: Weighting = "comfy",
+                      width: int = 1024, height: int = 1024, crop: tuple[int, int] = (0, 0),
+                      original_size: tuple[int, int] | None = None, target_size: tuple[int, int] | None = None,
+                      aesthetic_score: float = 6.0) -> Conditioning:
+        """The conditioning the U-Net was trained with for `text`. The size arguments (pixels, (h, w)) are SDXL's
+        micro-conditioning and default to the image size; `aesthetic_score` is the SDXL refiner's."""
+        if self.text is None:
+            raise CheckpointError(f"{self.path.name if self.path else 'this model'} has no text encoders; "
+                                  f"load a checkpoint that includes them")
+        name = self.family.name
+        return conditioning(name, self.text, text, clip_skip=clip_skip, weighting=weighting, sizes=lambda: size_ids(
+            name, width=width, height=height, crop=crop, original=original_size, target=target_size,
+            aesthetic_score=aesthetic_score))
+
+
+def text_encoders(ckpt: Checkpoint, device: torch.device | str, dtype: torch.dtype,
+                  embeddings: Path | None) -> PromptEncoder | None:
+    """The family's text encoders, if the checkpoint has them all (a bare U-Net file has none)."""
+    specs = FAMILY_TEXT[ckpt.family.name]
+    if not all(s.name in ckpt.text for s in specs):
+        return None
+    return PromptEncoder([TextEncoder(s, ckpt.load_text(s.name, device, dtype), ckpt.tokenizers.get(s.name),
+                                      ckpt.text_layers_dropped(s.name)) for s in specs], embeddings)
+
 
 def load(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32,
-         family: str | None = None) -> Pipeline:
-    """Load a single-file checkpoint or a diffusers folder; `family` (sd1, sd2, sdxl, ...) is checked if given."""
+         family: str | None = None, embeddings: str | Path | None = None) -> Pipeline:
+    """Load a single-file checkpoint or a diffusers folder; `family` (sd1, sd2, ...) is checked if given.
+    `embeddings` is the folder that `embedding:name` in prompts reads textual-inversion files from."""
     ckpt = with_family(open_checkpoint(path), family)
     dt = dtype_of(dtype)
     unet = ckpt.load_unet(device, dt)
     vae = ckpt.load_vae(device, dt) if ckpt.vae is not None else None
-    return Pipeline(ckpt.family, unet, vae, ckpt.text, ckpt.path)
+    text = text_encoders(ckpt, device, dt, Path(embeddings) if embeddings is not None else None)
+    return Pipeline(ckpt.family, unet, vae, text, ckpt.path)

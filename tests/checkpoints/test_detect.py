@@ -64,9 +64,9 @@ def test_unknown_layout_names_what_it_reads():
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpts")
     return {
-        "sd1": random_checkpoint(d / "sd1.safetensors", "sd1", TINY_SD1, TINY_VAE, {"clip_l": (32, 2)}),
-        "sd2": random_checkpoint(d / "sd2.safetensors", "sd2", TINY_SD2, TINY_VAE, {"clip_h": (32, 2)}, metadata=True),
-        "sdxl": random_checkpoint(d / "sdxl.safetensors", "sdxl", TINY_SDXL, TINY_VAE, {"clip_l": (32, 2), "clip_g": (64, 2)}, metadata=True),
+        "sd1": random_checkpoint(d / "sd1.safetensors", "sd1", TINY_SD1, TINY_VAE, {"clip_l": (64, 2)}),
+        "sd2": random_checkpoint(d / "sd2.safetensors", "sd2", TINY_SD2, TINY_VAE, {"clip_h": (64, 2)}, metadata=True),
+        "sdxl": random_checkpoint(d / "sdxl.safetensors", "sdxl", TINY_SDXL, TINY_VAE, {"clip_l": (64, 2), "clip_g": (64, 2)}, metadata=True),
     }
 
 
@@ -74,7 +74,7 @@ def files(tmp_path_factory):
 def test_single_files_load_with_text_keys_kept(files, family):
     pipe = athena.load(files[family], dtype="bf16")
     assert pipe.family.name == family and pipe.dtype == torch.bfloat16 and pipe.vae is not None
-    assert set(pipe.text_weights) == {n for n, _ in pipe.family.text_encoders}
+    assert pipe.text is not None and [e.spec.name for e in pipe.text.encoders] == [n for n, _ in pipe.family.text_encoders]
 
 
 def test_wrong_family_names_the_detected_one(files):
