@@ -25,8 +25,13 @@ LAYER_KEY = "text_model.encoder.layers."
 
 
 def hf_names(w: Weights) -> Weights:
-    """`w` under Hugging Face `CLIPTextModel(WithProjection)` names, whatever layout it is stored in."""
-    return PendingWeights(open_clip.to_hf(w), w) if open_clip.is_open_clip(w) else w
+    """`w` under Hugging Face `CLIPTextModel(WithProjection)` names, whatever layout it is stored in: OpenCLIP's,
+    HF's, or HF's without the `text_model.` prefix (how transformers 5 saves a `CLIPTextModel`)."""
+    if open_clip.is_open_clip(w):
+        return PendingWeights(open_clip.to_hf(w), w)
+    if "embeddings.token_embedding.weight" in w:
+        return Renamed(w, {(k if k.startswith("text_projection") else "text_model." + k): k for k in w})
+    return w
 
 
 def stored_layers(w: Weights) -> int:
