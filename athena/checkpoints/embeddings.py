@@ -23,11 +23,12 @@ PER_ENCODER = ("clip_l", "clip_g")
 def find_embedding(folder: Path, name: str) -> Path:
     """`name` (with or without its suffix) inside `folder` or its subfolders; never outside it."""
     root = folder.resolve()
-    for candidate in [root / name, *(root / f"{name}{s}" for s in SUFFIXES)]:
-        path = candidate.resolve()
+    files = sorted(p for p in root.rglob("*") if p.suffix in SUFFIXES and p.is_file()) if root.is_dir() else []
+    for path in [root / name, *(root / f"{name}{s}" for s in SUFFIXES)] + [p for p in files if p.stem == name]:
+        path = path.resolve()
         if path.is_file() and path.is_relative_to(root) and path.suffix in SUFFIXES:
             return path
-    known = sorted(p.stem for p in root.rglob("*") if p.suffix in SUFFIXES) if root.is_dir() else []
+    known = [p.stem for p in files]
     raise ConfigError(f"embedding:{name} was not found in {folder} (available: {', '.join(known[:20]) or 'none'}); "
                       f"put {name}.safetensors there or fix the name in the prompt")
 

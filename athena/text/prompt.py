@@ -4,10 +4,11 @@ Grammar (ComfyUI's, plus A1111's square brackets):
 - `(text)` multiplies the weight of `text` by 1.1 and `[text]` divides it by 1.1; groups nest.
 - `(text:1.3)` sets the weight of `text` to 1.3, whatever surrounds it (ComfyUI; A1111 would multiply).
 - `\\(`, `\\)`, `\\[`, `\\]` are literal brackets. A bracket without its partner is literal text, never an error.
-- `embedding:name` inserts the vectors of the textual-inversion embedding `name` (a trailing comma is text).
+- `embedding:name` inserts the vectors of the textual-inversion embedding `name` (letters, digits, `_`, `-`, `.`);
+  anything glued after the name, such as a comma, is text.
 - `BREAK` (upper case, a word of its own) ends the current 77-token window.
 
-Long prompts: each window is BOS + 75 tokens + EOS, padded to 77. Words are split on spaces and kept whole
+Long prompts: each window is BOS + 75 tokens + EOS, padded to 77. Words are split on whitespace and kept whole
 within a window; a word of 8 or more tokens may straddle two windows, as in ComfyUI.
 
 The encoder turns windows into embeddings; how a weight acts on them (ComfyUI: move each token away from the
@@ -29,6 +30,7 @@ BREAK = "BREAK"
 UP, DOWN = 1.1, 1 / 1.1
 ESCAPES = {"\\(": "(", "\\)": ")", "\\[": "[", "\\]": "]"}
 PIECES = re.compile(r"\\[()\[\]]|[()\[\]]|[^\\()\[\]]+|\\")
+EMBEDDING_NAME = re.compile(rf"{EMBEDDING_PREFIX}([\w.\-]*[\w\-])")
 NUMBER = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*")
 
 
@@ -114,16 +116,15 @@ def windows(text: str, tokenizer: ClipTokenizer, *, pad: int,
     vector count and raises for an unknown name; without it, `embedding:` words are ordinary text."""
     groups: list[list[tuple[Token, float]] | None] = []  # None = BREAK
     for segment, weight in parse_weights(text):
-        for word in segment.replace("\n", " ").split(" "):
-            if not word:
-                continue
+        for word in segment.split():
             if word == BREAK:
                 groups.append(None)
                 continue
-            if embedding_rows is not None and word.startswith(EMBEDDING_PREFIX) and len(word) > len(EMBEDDING_PREFIX):
-                name = word[len(EMBEDDING_PREFIX):].rstrip(",")
+            named = EMBEDDING_NAME.match(word) if embedding_rows is not None else None
+            if named:
+                name = named.group(1)
                 groups.append([(Embedding(name, r), weight) for r in range(embedding_rows(name))])
-                word = word[len(EMBEDDING_PREFIX) + len(name):]
+                word = word[named.end():]  # text glued to the name ("embedding:style,") stays text
                 if not word:
                     continue
             groups.append([(t, weight) for t in tokenizer.tokenize(word)])
