@@ -120,8 +120,8 @@ def windows(text: str, tokenizer: ClipTokenizer, *, pad: int,
             if word == BREAK:
                 groups.append(None)
                 continue
-            named = EMBEDDING_NAME.match(word) if embedding_rows is not None else None
-            if named:
+            named = EMBEDDING_NAME.match(word)
+            if named and embedding_rows is not None:
                 name = named.group(1)
                 groups.append([(Embedding(name, r), weight) for r in range(embedding_rows(name))])
                 word = word[named.end():]  # text glued to the name ("embedding:style,") stays text
