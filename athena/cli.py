@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from athena.checkpoints import text
 from athena.checkpoints.convert import to_diffusers, to_single_file
 from athena.checkpoints.io import Weights
 from athena.checkpoints.load import Checkpoint, open_checkpoint
@@ -58,7 +59,10 @@ def describe(ckpt: Checkpoint) -> list[str]:
     else:
         lines.append("vae:         none")
     for name, w in ckpt.text.items():
-        lines.append(f"text:        {name}: {_count(_params(w))} params, {len(w)} tensors")
+        t = text.text_config(text.hf_names(w), name, ckpt.text_hf_configs.get(name))
+        proj = f", projection {t.projection_dim}" if t.projection_dim else ""
+        lines.append(f"text:        {name}: {_count(_params(w))} params; width {t.width}, {t.layers} layers, {t.heads} heads, "
+                     f"{t.act}{proj}")
     if ckpt.other:
         lines.append(f"other keys:  {len(ckpt.other)} (e.g. {', '.join(sorted(ckpt.other)[:3])})")
     lines.append("dtypes:      " + ", ".join(f"{d} x{n}" for d, n in dtypes.most_common()))
