@@ -43,7 +43,8 @@ FAMILIES = {f.name: f for f in (
 
 # (family, sentinel key in the prefix-stripped U-Net, predicate on the shapes), checked in order
 FAMILY_SIGNATURES: list[tuple[str, str, Callable[[Shapes], bool]]] = [
-    ("sdxl_refiner", "label_emb.0.0.weight", lambda s: _context_dim(s) == 1280),
+    # the refiner's y is pooled bigG + 5 size/score embeddings, and its context is bigG alone: y - context = 5 x 256
+    ("sdxl_refiner", "label_emb.0.0.weight", lambda s: s["label_emb.0.0.weight"][1] - _context_dim(s) == 5 * 256),
     ("sdxl", "label_emb.0.0.weight", lambda s: True),
     ("sd2", "middle_block.1.proj_in.weight", lambda s: len(s["middle_block.1.proj_in.weight"]) == 2),
     ("sd1", "middle_block.1.proj_in.weight", lambda s: len(s["middle_block.1.proj_in.weight"]) == 4),

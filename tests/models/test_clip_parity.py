@@ -128,3 +128,21 @@ def test_quick_gelu_vs_gelu_is_visible(case):
     ids = inputs(pad=0)
     with torch.no_grad():
         assert (ours(ids).hidden - ref(ids).last_hidden_state).abs().max() > 10 * TOL
+
+
+def test_presets_are_the_real_towers():
+    """Tensor counts of the published files (checkpoint-layouts.md): CLIP-L 196, OpenCLIP-H 24 x 12 + 5, bigG 389."""
+    from athena.checkpoints.io import DictWeights
+    from athena.checkpoints.keymaps import open_clip
+    from athena.models.clip import CLIP_L, OPENCLIP_BIGG, OPENCLIP_H, CLIPTextModel
+
+    def open_clip_keys(cfg):
+        return open_clip.from_hf(DictWeights(CLIPTextModel(cfg, device="meta").state_dict()))
+
+    assert len(CLIPTextModel(CLIP_L, device="meta").state_dict()) == 196
+    assert len(open_clip_keys(OPENCLIP_H)) == 24 * 12 + 5
+    big = open_clip_keys(OPENCLIP_BIGG)
+    assert len(big) == 389 and big["transformer.resblocks.0.attn.in_proj_weight"].shape == (3840, 1280)
+    assert big["text_projection"].shape == (1280, 1280)
+    params = sum(p.numel() for p in CLIPTextModel(CLIP_L, device="meta").parameters())
+    assert params == 123_060_480  # OpenAI ViT-L/14's text tower

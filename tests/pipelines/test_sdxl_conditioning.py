@@ -86,3 +86,22 @@ def test_sdxl_size_conditioning_matches_diffusers(sdxl):
     got = pipe.encode_prompt("a cat", height=768, width=1344, crop=(16, 32), original_size=(512, 512))
     assert (got.y - want_y).abs().max() <= TOL
     assert (got.y - pipe.encode_prompt("a cat").y).abs().max() > 0.1  # the sizes really enter `y`
+
+
+def test_refiner_conditions_on_bigg_with_aesthetic_score(tmp_path):
+    """The refiner: bigG's penultimate layer alone, and `y` = pooled + (original h, w, crop, aesthetic score)."""
+    from dataclasses import replace
+
+    from athena.checkpoints.build import random_checkpoint
+    from athena.models.unet import TINY_SDXL, adm_vector
+    unet_cfg = replace(TINY_SDXL, context_dim=96, adm_in_channels=96 + 5 * 256)
+    path = random_checkpoint(tmp_path / "refiner.safetensors", "sdxl_refiner", unet_cfg, None, {"clip_g": (96, 2)},
+                             dtype=torch.float32, metadata=True)
+    pipe = athena.load(path)
+    assert pipe.family.name == "sdxl_refiner"
+    cond = pipe.encode_prompt("a cat", width=768, height=512, aesthetic_score=2.5)
+    assert cond.context.shape == (1, 77, 96) and cond.y.shape == (1, unet_cfg.adm_in_channels)
+    assert torch.equal(cond.y, adm_vector(cond.pooled, torch.tensor([[512.0, 768.0, 0.0, 0.0, 2.5]])))
+    with torch.no_grad():
+        out = pipe.unet(torch.randn(1, 4, 8, 8), torch.tensor([500.0]), cond.context, cond.y)
+    assert out.shape == (1, 4, 8, 8)
