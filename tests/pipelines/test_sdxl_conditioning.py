@@ -12,7 +12,6 @@ import athena
 from athena.checkpoints.convert import to_single_file
 from athena.checkpoints.load import open_checkpoint
 from athena.text import clip_tokenizer
-from tests.models.test_clip_parity import hf_file_names  # noqa: F401  (same naming rules as the encoder tests)
 from tests.models.test_parity_diffusers import PLAIN, XATTN, randomize, unet_config
 from tests.text.test_tokenizer import write_hf_files
 
