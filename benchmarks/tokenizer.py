@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -23,9 +22,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 from common import fmt_table, timed_pair  # noqa: E402
 
-from athena.text import ClipTokenizer, clip_tokenizer  # noqa: E402
+from athena.text import clip_tokenizer  # noqa: E402
 from athena.text.bpe import default_vocab_file  # noqa: E402
-from tests.text.corpus import corpus  # noqa: E402
+from tests.text.corpus import corpus, write_hf_files  # noqa: E402
 
 
 def openai_simple_tokenizer() -> ModuleType | None:
@@ -39,14 +38,6 @@ def openai_simple_tokenizer() -> ModuleType | None:
     return module
 
 
-def hf_tokenizer(tok: ClipTokenizer, folder: Path):  # type: ignore[no-untyped-def]
-    from transformers import CLIPTokenizer
-    (folder / "vocab.json").write_text(json.dumps(tok.vocab, ensure_ascii=False))
-    merges = sorted(tok.ranks, key=tok.ranks.__getitem__)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    return CLIPTokenizer.from_pretrained(folder)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=2000)
@@ -55,8 +46,9 @@ def main() -> None:
     prompts = corpus(args.prompts, seed=1)
     ours = clip_tokenizer()
     refs: dict[str, object] = {}
+    from transformers import CLIPTokenizer
     with tempfile.TemporaryDirectory() as tmp:
-        fast = hf_tokenizer(ours, Path(tmp))
+        fast = CLIPTokenizer.from_pretrained(write_hf_files(ours, Path(tmp)))
     refs["transformers fast (Rust)"] = lambda: [fast(p)["input_ids"] for p in prompts]
     simple = openai_simple_tokenizer()
     if simple is not None:

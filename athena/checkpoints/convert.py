@@ -26,18 +26,17 @@ from athena.models.clip import CLIPTextConfig
 
 
 def _hf_text(weights: Weights) -> dict[str, Pending]:
-    """A text encoder under Hugging Face CLIP names, whichever layout it is stored in."""
-    return open_clip.to_hf(weights) if open_clip.is_open_clip(weights) else {k: weights.pending(k) for k in weights}
+    """A text encoder under Hugging Face CLIP names (`text_model.*`), whichever layout it is stored in."""
+    hf = text.hf_names(weights)
+    return {k: hf.pending(k) for k in hf}
 
 
 def _single_file_text(prefix: str, weights: Weights) -> dict[str, Pending]:
     """A text encoder under the names its family's single files use: HF CLIP-L, or OpenCLIP (`...model.`)."""
-    oc = prefix.endswith(".model.")
-    if oc and not open_clip.is_open_clip(weights):
-        return open_clip.from_hf(weights)
-    if not oc and open_clip.is_open_clip(weights):
-        return open_clip.to_hf(weights)
-    return {k: weights.pending(k) for k in weights}
+    if prefix.endswith(".model."):
+        return {k: weights.pending(k) for k in weights} if open_clip.is_open_clip(weights) \
+            else open_clip.from_hf(text.hf_names(weights))
+    return _hf_text(weights)
 
 
 def _text_config(family: str, cfg: CLIPTextConfig) -> dict[str, object]:
@@ -59,9 +58,9 @@ def _text_configs(ckpt: Checkpoint) -> dict[str, CLIPTextConfig]:
     """Each text encoder's full config (the whole tower, even where a diffusers config declares one layer less)."""
     out = {}
     for name, w in ckpt.text.items():
-        cfg = text.text_config(text.hf_names(w), name, ckpt.text_hf_configs.get(name))
-        out[name] = replace(cfg, layers=cfg.layers + ckpt.text_layers_dropped(name)) if ckpt.text_layers_dropped(name) \
-            and text.stored_layers(text.hf_names(w)) > cfg.layers else cfg
+        hf = text.hf_names(w)
+        cfg = text.text_config(hf, name, ckpt.text_hf_configs.get(name))
+        out[name] = replace(cfg, layers=max(cfg.layers, text.stored_layers(hf)))
     return out
 
 

@@ -13,7 +13,7 @@ from athena.checkpoints.convert import to_single_file
 from athena.checkpoints.load import open_checkpoint
 from athena.text import clip_tokenizer
 from tests.models.test_parity_diffusers import PLAIN, XATTN, randomize, unet_config
-from tests.text.test_tokenizer import write_hf_files
+from tests.text.corpus import write_hf_files
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -104,3 +104,14 @@ def test_refiner_conditions_on_bigg_with_aesthetic_score(tmp_path):
     with torch.no_grad():
         out = pipe.unet(torch.randn(1, 4, 8, 8), torch.tensor([500.0]), cond.context, cond.y)
     assert out.shape == (1, 4, 8, 8)
+
+
+def test_single_file_has_the_real_text_layout(sdxl):
+    """transformers 5 saves CLIPTextModel without `text_model.`; the converted file still has the real SDXL names."""
+    from athena.checkpoints.safetensors import SafetensorsFile
+    _, _, single = sdxl
+    with SafetensorsFile(single) as f:
+        keys = set(f)
+    assert "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight" in keys
+    assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert not any(k.startswith("conditioner.embedders.0.transformer.embeddings.") for k in keys)

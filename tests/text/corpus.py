@@ -1,6 +1,9 @@
-"""A seeded corpus of prompts that exercises every branch of CLIP's cleaning and pre-tokenisation."""
+"""A seeded corpus of prompts that exercises every branch of CLIP's cleaning and pre-tokenisation, and the same
+vocabulary written as a Hugging Face tokenizer folder for the reference tokenizer."""
 
+import json
 import random
+from pathlib import Path
 
 WORDS = ["a", "photo", "of", "cat", "dog's", "they're", "we'll", "I'd", "you've", "isn't", "masterpiece", "best",
          "quality", "portrait", "HDR", "4k", "8K", "1girl", "sci-fi", "f/1.8", "50mm", "café", "naïve", "Ærøskøbing",
@@ -34,3 +37,12 @@ def corpus(n: int = 600, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     fixed = ["", " ", "\t\n", "a photo of a cat", "A PHOTO OF A CAT", "x" * 1000, "🙂" * 50, "1234567890" * 5]
     return fixed + [prompt(rng) for _ in range(n - len(fixed))]
+
+
+def write_hf_files(tok, folder: Path) -> Path:
+    """The same vocabulary as a Hugging Face tokenizer folder (vocab.json, merges.txt)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(tok.vocab, ensure_ascii=False))
+    merges = sorted(tok.ranks, key=tok.ranks.__getitem__)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    return folder

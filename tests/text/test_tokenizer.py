@@ -1,7 +1,6 @@
 """The tokenizer against transformers' CLIPTokenizer on the same vocabulary: identical ids on a generated corpus."""
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 from athena.errors import ConfigError
 from athena.text import clip_tokenizer
 from athena.text.bpe import ClipTokenizer, default_vocab_file
-from tests.text.corpus import corpus
+from tests.text.corpus import corpus, write_hf_files
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,15 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tok() -> ClipTokenizer:
     return clip_tokenizer()
-
-
-def write_hf_files(tok: ClipTokenizer, folder: Path) -> Path:
-    """The same vocabulary as a Hugging Face tokenizer folder (vocab.json, merges.txt)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(tok.vocab, ensure_ascii=False))
-    merges = sorted(tok.ranks, key=tok.ranks.__getitem__)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    return folder
 
 
 @pytest.fixture(scope="module")
