@@ -11,3 +11,7 @@ class ConfigError(AthenaError, ValueError):
 
 class CheckpointError(AthenaError):
     """A weights file or folder cannot be read, detected or loaded."""
+
+
+class Cancelled(AthenaError):
+    """A job was cancelled (a `CancelToken`, Ctrl-C, or an interrupt); its partial work is discarded."""

@@ -1,0 +1,1 @@
+"""Diffusion maths: parameterisations, schedules, samplers and guidance (functions, no nn state)."""
