@@ -1,6 +1,18 @@
-"""Athena: a diffusion content-creation pipeline. Public API: `load`, `Pipeline` and the errors."""
+"""Athena: a diffusion content-creation pipeline. Public API: `load`, `generate`, `GenerateRequest`, `Pipeline`, errors."""
 
-from athena.errors import AthenaError, CheckpointError, ConfigError
+from athena.errors import AthenaError, Cancelled, CheckpointError, ConfigError
+from athena.pipelines.generate import GenerateRequest, Hires, generate, generate_request
 from athena.pipelines.pipeline import Pipeline, load
 
-__all__ = ["load", "Pipeline", "AthenaError", "CheckpointError", "ConfigError"]
+__all__ = [
+           "AthenaError",
+           "Cancelled",
+           "CheckpointError",
+           "ConfigError",
+           "GenerateRequest",
+           "Hires",
+           "Pipeline",
+           "generate",
+           "generate_request",
+           "load",
+]

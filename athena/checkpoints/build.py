@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from athena.checkpoints.detect import FAMILIES, META_FAMILY, META_UNET, UNET_PREFIX, VAE_PREFIX
+from athena.checkpoints.detect import (
+    FAMILIES,
+    META_FAMILY,
+    META_UNET,
+    UNET_PREFIX,
+    VAE_PREFIX,
+)
 from athena.checkpoints.io import DictWeights
 from athena.checkpoints.keymaps import open_clip
 from athena.checkpoints.safetensors import Pending, save_file

@@ -15,14 +15,19 @@ from torch import Tensor
 
 from athena.checkpoints import text
 from athena.checkpoints.build import ddpm_buffers
-from athena.checkpoints.detect import META_FAMILY, META_UNET, META_VAE, UNET_PREFIX, VAE_PREFIX
+from athena.checkpoints.detect import (
+    META_FAMILY,
+    META_UNET,
+    META_VAE,
+    UNET_PREFIX,
+    VAE_PREFIX,
+)
 from athena.checkpoints.diffusers_config import unet_to_diffusers, vae_to_diffusers
 from athena.checkpoints.io import Weights
 from athena.checkpoints.keymaps import open_clip, sd_unet, sd_vae
 from athena.checkpoints.load import Checkpoint
 from athena.checkpoints.safetensors import Pending, save_file
 from athena.models.clip import CLIPTextConfig
-
 
 
 def _hf_text(weights: Weights) -> dict[str, Pending]:

@@ -7,10 +7,10 @@ Every source maps a name to a `TensorInfo` (dtype, shape) and hands out tensors 
 from __future__ import annotations
 
 import json
-from abc import abstractmethod
 import os
 import pickle
 import zipfile
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 

@@ -17,9 +17,22 @@ import torch
 from torch import nn
 
 from athena.checkpoints import detect, text
-from athena.checkpoints.detect import FAMILIES, META_FAMILY, META_VAE, UNET_PREFIX, VAE_PREFIX, Family
+from athena.checkpoints.detect import (
+    FAMILIES,
+    META_FAMILY,
+    META_VAE,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    Family,
+)
 from athena.checkpoints.diffusers_config import unet_from_diffusers, vae_from_diffusers
-from athena.checkpoints.io import Renamed, Weights, open_component, open_weights, strip_prefix
+from athena.checkpoints.io import (
+    Renamed,
+    Weights,
+    open_component,
+    open_weights,
+    strip_prefix,
+)
 from athena.checkpoints.keymaps import sd_unet, sd_vae
 from athena.errors import CheckpointError, ConfigError
 from athena.models.clip import CLIPTextModel

@@ -11,9 +11,9 @@ import json
 import math
 import mmap
 import os
-from pathlib import Path
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ MAX_HEADER = 100 * 1024 * 1024  # the format's own limit on the JSON header
 
 
 class TensorInfo:
-    __slots__ = ("dtype", "shape", "start", "end")
+    __slots__ = ("dtype", "end", "shape", "start")
 
     def __init__(self, dtype: torch.dtype, shape: tuple[int, ...], start: int, end: int):
         self.dtype, self.shape, self.start, self.end = dtype, shape, start, end
@@ -118,7 +118,7 @@ class SafetensorsFile(Mapping[str, TensorInfo]):
             self._mm = None
         self._file.close()
 
-    def __enter__(self) -> "SafetensorsFile":
+    def __enter__(self) -> SafetensorsFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

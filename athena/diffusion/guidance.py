@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor
+from typing_extensions import Self
 
 from athena.diffusion.denoisers import CondModel, append_dims
 from athena.diffusion.progress import Denoiser
@@ -20,7 +21,7 @@ C = TypeVar("C", bound="Cond")
 
 
 class Cond(Protocol):
-    def cat(self: C, other: C) -> C: ...  # batch-concatenate self then other
+    def cat(self, other: Self) -> Self: ...  # batch-concatenate self then other
 
 
 class CFGDenoiser:

@@ -84,7 +84,9 @@ def ddim_uniform(ms: ModelSampling, steps: int) -> Tensor:
 def beta(ms: ModelSampling, steps: int, alpha: float = 0.6, beta_: float = 0.6) -> Tensor:
     """Timesteps at Beta(alpha, beta) quantiles, denser at both ends (Lee et al. 2024, "Beta Sampling is All
     You Need"); repeated timesteps are dropped."""
-    from scipy.stats import beta as beta_dist  # scipy is heavy to import; only this schedule needs it
+    from scipy.stats import (
+        beta as beta_dist,  # scipy is heavy to import; only this schedule needs it
+    )
 
     last = len(ms.sigmas) - 1
     ts = np.rint(beta_dist.ppf(1 - np.linspace(0, 1, steps, endpoint=False), alpha, beta_) * last)
@@ -130,15 +132,19 @@ SCHEDULERS: dict[str, Scheduler] = {
 }
 
 
-def sigmas_for(scheduler: str, ms: ModelSampling, steps: int, *, denoise: float = 1.0) -> Tensor:
-    """The sigmas of `steps` steps; `denoise` < 1 (img2img strength) runs the same scheduler over
-    steps / denoise steps and keeps the last steps + 1 sigmas, as ComfyUI's KSampler does."""
+def sigmas_for(scheduler: str, ms: ModelSampling, steps: int, *, denoise: float = 1.0,
+               discard_penultimate: bool = False) -> Tensor:
+    """The sigmas of `steps` steps, as ComfyUI's KSampler computes them. `denoise` < 1 (img2img strength) runs the
+    same scheduler over int(steps / denoise) steps and keeps the last steps + 1 sigmas. `discard_penultimate`
+    schedules one step more and drops the second-to-last sigma (ComfyUI does this for DPM-2 and UniPC)."""
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
     if not 0 < denoise <= 1:
         raise ConfigError(f"denoise (strength) must be in (0, 1], got {denoise}")
-    if denoise >= 0.9999:
-        return SCHEDULERS[scheduler](ms, steps)
-    return SCHEDULERS[scheduler](ms, int(steps / denoise))[-(steps + 1):]
+    total = steps if denoise > 0.9999 else int(steps / denoise)
+    sigmas = SCHEDULERS[scheduler](ms, total + int(discard_penultimate))
+    if discard_penultimate:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas[-(steps + 1):]

@@ -17,7 +17,14 @@ from torch import Tensor, nn
 
 from athena.errors import ConfigError
 from athena.models.config import from_dict
-from athena.models.layers import LayerNorm, Linear, activation_dtype, merge_heads, sdpa, split_heads
+from athena.models.layers import (
+    LayerNorm,
+    Linear,
+    activation_dtype,
+    merge_heads,
+    sdpa,
+    split_heads,
+)
 
 Activation = Literal["quick_gelu", "gelu"]
 

@@ -16,7 +16,19 @@ from torch import Tensor, nn
 
 from athena.errors import ConfigError
 from athena.models.config import from_dict
-from athena.models.layers import AttnImpl, LayerNorm, Linear, activation_dtype, conv1x1, conv3x3, group_norm, merge_heads, sdpa, split_heads, timestep_embedding
+from athena.models.layers import (
+    AttnImpl,
+    LayerNorm,
+    Linear,
+    activation_dtype,
+    conv1x1,
+    conv3x3,
+    group_norm,
+    merge_heads,
+    sdpa,
+    split_heads,
+    timestep_embedding,
+)
 
 Prediction = Literal["eps", "v"]
 
@@ -73,7 +85,7 @@ class UNetConfig:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
         return from_dict(cls, d)
 
 

@@ -8,13 +8,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from athena.errors import ConfigError
 from athena.models.config import from_dict
-from athena.models.layers import activation_dtype, conv1x1, conv3x3, group_norm, mixed, sdpa
+from athena.models.layers import (
+    activation_dtype,
+    conv1x1,
+    conv3x3,
+    group_norm,
+    mixed,
+    sdpa,
+)
 
 # --------------------------------------------------------------------------- config
 
@@ -36,7 +44,7 @@ class VAEConfig:
             raise ConfigError("VAEConfig.ch_mult must have at least one level")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VAEConfig":
+    def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
         return from_dict(cls, d)
 
     @property
@@ -209,6 +217,10 @@ class AutoencoderKL(nn.Module):
                 self.post_quant_conv = conv1x1(cfg.z_channels, cfg.z_channels)
         if dtype is not None:
             self.to(dtype=dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -16,6 +16,7 @@ Windows are encoded independently and joined along the sequence; the pooled outp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,24 @@ class Conditioning:
     context: Tensor  # (B, T, D): cross-attention tokens, T = 77 per window
     y: Tensor | None = None  # (B, adm_in_channels) for SDXL, else None
     pooled: Tensor | None = None  # (B, P): the last encoder's pooled output (bigG for SDXL)
+    concat: Tensor | None = None  # (B, 5, h, w): mask + masked-image latent for 9-channel inpainting U-Nets
+
+    def expand(self, batch: int) -> Conditioning:
+        """The same conditioning for each of `batch` samples."""
+        def rep(t: Tensor | None) -> Tensor | None:
+            return t if t is None or t.shape[0] == batch else t.expand(batch, *t.shape[1:])
+        return Conditioning(rep(self.context), rep(self.y), rep(self.pooled), rep(self.concat))  # type: ignore[arg-type]
+
+    def cat(self, other: Conditioning) -> Conditioning:
+        """Batch-concatenate (for one CFG forward). Contexts of different lengths (a long prompt and a short one) are
+        repeated to their least common multiple of 77-token windows, as ComfyUI does; attention over the repeated
+        copies gives the same result as over one."""
+        n = math.lcm(self.context.shape[1], other.context.shape[1])
+        ctx = torch.cat([c.repeat(1, n // c.shape[1], 1) for c in (self.context, other.context)])
+
+        def both(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            return None if a is None or b is None else torch.cat([a, b])
+        return Conditioning(ctx, both(self.y, other.y), both(self.pooled, other.pooled), both(self.concat, other.concat))
 
 
 @dataclass

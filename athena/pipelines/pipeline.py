@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
+from torch import Tensor
 
 from athena.checkpoints.detect import Family
 from athena.checkpoints.load import Checkpoint, dtype_of, open_checkpoint, with_family
 from athena.errors import CheckpointError
 from athena.models.unet import UNet
 from athena.models.vae import AutoencoderKL
-from athena.pipelines.conditioning import FAMILY_TEXT, Conditioning, PromptEncoder, TextEncoder, Weighting, conditioning, size_ids
+from athena.pipelines.conditioning import (
+    FAMILY_TEXT,
+    Conditioning,
+    PromptEncoder,
+    TextEncoder,
+    Weighting,
+    conditioning,
+    size_ids,
+)
+from athena.pipelines.preview import fit_latent_rgb, preview
 
 
 @dataclass
@@ -24,6 +35,7 @@ class Pipeline:
     vae: AutoencoderKL | None
     text: PromptEncoder | None = None
     path: Path | None = None
+    latent_rgb: Tensor | None = field(default=None, repr=False)  # the preview map, fitted on first use
 
     @property
     def device(self) -> torch.device:
@@ -32,6 +44,14 @@ class Pipeline:
     @property
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
+
+    def preview(self, x0: Tensor, index: int = 0) -> Image.Image:
+        """A cheap RGB preview of a step's x0 estimate (a linear map, no VAE decode)."""
+        if self.latent_rgb is None:
+            if self.vae is None:
+                raise CheckpointError("previews need the checkpoint's VAE")
+            self.latent_rgb = fit_latent_rgb(self.vae, self.family.latent_scale, self.family.latent_shift)
+        return preview(self.latent_rgb, x0, index)
 
     def encode_prompt(self, text: str, *, clip_skip: int | None = None, weighting: Weighting = "comfy",
                       width: int = 1024, height: int = 1024, crop: tuple[int, int] = (0, 0),

@@ -6,7 +6,12 @@ import math
 import pytest
 import torch
 
-from athena.diffusion.denoisers import discrete_sampling, discrete_schedule, edm_sampling, flow_sampling
+from athena.diffusion.denoisers import (
+    discrete_sampling,
+    discrete_schedule,
+    edm_sampling,
+    flow_sampling,
+)
 from athena.diffusion.guidance import cfg
 
 SAMPLINGS = {"eps": discrete_sampling("eps"), "v": discrete_sampling("v"), "x0": discrete_sampling("x0"),
@@ -30,7 +35,7 @@ def test_wrapper_recovers_x0_and_loss_is_zero_for_the_perfect_network(kind):
     net = perfect_net(ms, x0, noise, sigma)
     torch.testing.assert_close(ms.model(net)(ms.noise(x0, noise, sigma), sigma, None), x0, atol=1e-4, rtol=1e-4)
     assert ms.loss(net, x0, noise, sigma, None).abs().max() < 1e-6
-    wrong = lambda x_in, t, cond: torch.zeros_like(x_in)  # noqa: E731
+    wrong = lambda x_in, t, cond: torch.zeros_like(x_in)
     assert (ms.loss(wrong, x0, noise, sigma, None) > 1e-3).all()
 
 
@@ -113,10 +118,10 @@ def test_cfg_rescale_matches_conditional_std_in_v_space():
     g = torch.Generator().manual_seed(0)
     x, sigma = torch.randn(2, 4, 8, 8, generator=g) * 3, torch.tensor([3.0, 3.0])
     cond, uncond = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
-    model = lambda x_, s, c: torch.cat([uncond, cond])  # noqa: E731
+    model = lambda x_, s, c: torch.cat([uncond, cond])
     plain = cfg(model, Shift(torch.zeros(2)), Shift(torch.zeros(2)), 7.0)(x, sigma)
     full = cfg(model, Shift(torch.zeros(2)), Shift(torch.zeros(2)), 7.0, rescale=1.0)(x, sigma)
     a, s = (1 / 10) ** 0.5, (9 / 10) ** 0.5
-    v = lambda x0: (a * a * x - x0) / s  # noqa: E731
+    v = lambda x0: (a * a * x - x0) / s
     torch.testing.assert_close(v(full).std(dim=(1, 2, 3)), v(cond).std(dim=(1, 2, 3)), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(plain, full)

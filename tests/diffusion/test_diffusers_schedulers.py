@@ -3,11 +3,10 @@ trajectory, step by step, within 1e-4. The eps model is the exact one for a Gaus
 
 import pytest
 import torch
+from mixture import mixture
 
 from athena.diffusion.denoisers import discrete_schedule
 from athena.diffusion.samplers import SAMPLERS
-
-from mixture import mixture
 
 MS = discrete_schedule()
 BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)

@@ -4,13 +4,12 @@ Brownian tree."""
 
 import pytest
 import torch
+from kdiffusion import load_sampling
+from mixture import mixture
 
 from athena.diffusion import schedules
 from athena.diffusion.denoisers import discrete_schedule
 from athena.diffusion.samplers import SAMPLERS
-
-from kdiffusion import load_sampling
-from mixture import mixture
 
 K = load_sampling()
 SHARED = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
@@ -34,7 +33,7 @@ def reference(name, model, x, sigmas):
         lo, hi = sigmas[sigmas > 0].min(), sigmas.max()
         return fn(model, x, sigmas, disable=True, noise_sampler=K.BrownianTreeNoiseSampler(x, lo, hi, seed=SEED))
     g = torch.Generator().manual_seed(SEED)
-    noise = lambda s, sn: torch.randn(x.shape, generator=g, dtype=x.dtype)  # noqa: E731
+    noise = lambda s, sn: torch.randn(x.shape, generator=g, dtype=x.dtype)
     if name in ("dpm_fast", "dpm_adaptive"):
         sigma_min = sigmas[-1] if sigmas[-1] > 0 else sigmas[-2]
         args = (sigma_min, sigmas[0]) + ((len(sigmas) - 1,) if name == "dpm_fast" else ())
@@ -51,7 +50,7 @@ def test_same_trajectory_as_k_diffusion(name, schedule):
     sigmas = sigma_sets()[schedule]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 2, generator=g) * float(sigmas[0])
-    steps_ours, steps_ref = [], []
+    steps_ours = []
     ours = SAMPLERS[name](mix.denoise, x.clone(), sigmas, generator=torch.Generator().manual_seed(SEED),
                           callback=lambda s: steps_ours.append(s.x0))
     ref = reference(name, lambda x_, s, **kw: mix.denoise(x_, s), x.clone(), sigmas)
@@ -61,7 +60,5 @@ def test_same_trajectory_as_k_diffusion(name, schedule):
 
 
 def test_every_name_is_registered():
-    comfy = ("euler heun heunpp2 dpm_2 dpm_2_ancestral lms dpm_fast dpm_adaptive dpmpp_2s_ancestral dpmpp_sde dpmpp_2m "
-             "dpmpp_2m_sde dpmpp_3m_sde ddpm lcm ipndm ipndm_v deis res_multistep er_sde ddim uni_pc uni_pc_bh2 "
-             "euler_ancestral euler_cfg_pp euler_ancestral_cfg_pp dpmpp_2m_cfg_pp").split()
+    comfy = ["euler", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep", "er_sde", "ddim", "uni_pc", "uni_pc_bh2", "euler_ancestral", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp"]
     assert set(comfy) <= set(SAMPLERS)

@@ -1,0 +1,1 @@
+"""Images and video in and out, and the metadata they carry."""
