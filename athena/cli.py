@@ -14,6 +14,7 @@ from athena.checkpoints.convert import to_diffusers, to_single_file
 from athena.checkpoints.io import Weights
 from athena.checkpoints.load import Checkpoint, open_checkpoint
 from athena.checkpoints.safetensors import DTYPE_NAMES
+from athena.cli_generate import add_parser as add_generate
 from athena.errors import AthenaError
 
 MODEL_FOLDERS = ("checkpoints", "diffusion_models", "vae", "loras", "embeddings", "controlnet", "text_encoders", "upscale_models")
@@ -125,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
     lst = models.add_parser("list", help="model files in the models directory, by folder")
     lst.add_argument("--models-dir")
     lst.set_defaults(fn=cmd_list)
+    add_generate(sub)
     return ap
 
 

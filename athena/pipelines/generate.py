@@ -179,6 +179,7 @@ def generate_pixels(pipe: Pipeline, req: GenerateRequest, *, progress: ProgressF
     f = pipe.vae.cfg.downscale if pipe.vae is not None else 8
     shape = (req.batch, pipe.unet.cfg.out_channels, height // f, width // f)
     latent, lmask, strength = torch.zeros(shape, device=pipe.device), None, 1.0
+    pixels = pmask = None
     if init is not None:
         pixels = to_tensor(resize(init, width, height)).to(pipe.device)
         latent = encode(pipe, pixels).expand(req.batch, -1, -1, -1).contiguous()
@@ -206,7 +207,12 @@ def generate_pixels(pipe: Pipeline, req: GenerateRequest, *, progress: ProgressF
         latent = run(latent, req.steps, strength, "base", lmask)
         if req.hires is not None:
             latent = _hires(pipe, req, latent, run)
-        return decode(pipe, latent)
+        out = decode(pipe, latent)
+    if pmask is not None and pixels is not None and out.shape[-2:] == pixels.shape[-2:]:
+        # Outside the mask the original pixels come back exactly (A1111's overlay), not their VAE round trip.
+        m = pmask.to(out)
+        out = out * m + pixels.to(out) * (1 - m)
+    return out
 
 
 def _with_inpaint_concat(pipe: Pipeline, c: Conditioning, pixels: Tensor, pmask: Tensor, latent: Tensor) -> Conditioning:
@@ -283,7 +289,8 @@ def a1111_parameters(req: GenerateRequest, *, width: int, height: int, seed: int
 
 
 def image_path(out: Path, index: int, batch: int) -> Path:
-    """`out` for one image; out-1.png, out-2.png, ... for a batch (a folder gets athena-<n>.png)."""
+    """A folder gets athena-<index + 1>.png; a .png path is used as it is for one image, and as
+    <stem>-1.png, <stem>-2.png, ... for a batch."""
     if out.suffix.lower() != ".png":
         return out / f"athena-{index + 1:05d}.png"
     return out if batch == 1 else out.with_name(f"{out.stem}-{index + 1}{out.suffix}")

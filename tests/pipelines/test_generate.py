@@ -1,0 +1,146 @@
+"""Pipelines on a tiny random SD1.x file: inpainting keeps what the mask keeps, the hires fix, batch seeds,
+cancellation, previews, and the PNG metadata round trip through `athena generate`."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import athena
+from athena.checkpoints.build import random_checkpoint
+from athena.cli import main
+from athena.diffusion.progress import CancelToken
+from athena.errors import Cancelled, ConfigError
+from athena.media.images import to_images, to_tensor
+from athena.media.png import read_parameters, read_request
+from athena.models.unet import TINY_SD1
+from athena.models.vae import TINY_VAE
+from athena.pipelines.generate import GenerateRequest, Hires, encode, generate_pixels
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return random_checkpoint(tmp_path_factory.mktemp("m") / "tiny.safetensors", "sd1", TINY_SD1, TINY_VAE,
+                             {"clip_l": (32, 2)}, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def pipe(model):
+    return athena.load(model)
+
+
+def request(**kw):
+    return GenerateRequest("a cat", **{"steps": 4, "width": SIZE, "height": SIZE, "seed": 1, **kw})
+
+
+def test_batch_noise_is_one_draw_from_the_seed(pipe):
+    both = generate_pixels(pipe, request(batch=2))
+    torch.testing.assert_close(generate_pixels(pipe, request(batch=2)), both)  # deterministic
+    assert not torch.allclose(both[0], both[1])  # one draw of shape (2, ...), so the two images differ
+    # the same seed as diffusers/ComfyUI: the first image of a batch of two is not the image of batch one, since
+    # a (2, C, h, w) draw lays its values out sample by sample: image 0 equals batch 1 only at the same shape.
+    one = generate_pixels(pipe, request(batch=1))
+    torch.testing.assert_close(one[0], both[0])
+    assert not torch.allclose(generate_pixels(pipe, request(seed=2)), one)
+
+
+def test_inpainting_keeps_pixels_outside_the_mask(pipe, tmp_path):
+    init = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    to_images(init)[0].save(tmp_path / "init.png")
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[:, SIZE // 2:] = 255  # repaint the right half
+    from PIL import Image
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = generate_pixels(pipe, request(init_image=str(tmp_path / "init.png"), mask=str(tmp_path / "mask.png")))
+    pixels = to_tensor(Image.open(tmp_path / "init.png"))
+    torch.testing.assert_close(out[..., :SIZE // 2], pixels[..., :SIZE // 2], atol=1e-6, rtol=0)  # kept exactly
+    assert (out[..., SIZE // 2:] - pixels[..., SIZE // 2:]).abs().mean() > 0.05  # repainted
+
+
+def test_outpainting_grows_the_canvas(pipe, tmp_path):
+    to_images(torch.zeros(1, 3, SIZE, SIZE))[0].save(tmp_path / "init.png")
+    out = generate_pixels(pipe, request(init_image=str(tmp_path / "init.png"), outpaint=(8, 0, 16, 8),
+                                        width=None, height=None))
+    assert out.shape == (1, 3, SIZE + 8, SIZE + 24)
+
+
+@pytest.mark.parametrize("upscale", ["latent", "pixel"])
+def test_hires_fix_doubles_the_size_and_reports_both_passes(pipe, upscale):
+    stages = []
+    out = generate_pixels(pipe, request(hires=Hires(2.0, 0.5, 3, upscale)), progress=lambda p: stages.append((p.stage, p.step, p.total)))
+    assert out.shape == (1, 3, 2 * SIZE, 2 * SIZE)
+    assert [s for s in stages if s[0] == "base"] == [("base", i, 4) for i in range(1, 5)]
+    assert [s for s in stages if s[0] == "hires"] == [("hires", i, 3) for i in range(1, 4)]
+
+
+def test_cancel_mid_run_stops_at_the_next_step(pipe):
+    token, seen = CancelToken(), []
+
+    def progress(p):
+        seen.append(p.step)
+        if p.step == 2:
+            token.cancel()
+    with pytest.raises(Cancelled):
+        generate_pixels(pipe, request(steps=10), progress=progress, cancel=token)
+    assert seen == [1, 2]
+
+
+def test_preview_is_close_to_the_decoded_image(pipe):
+    latent = encode(pipe, torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    img = np.asarray(pipe.preview(latent), dtype=np.float32)
+    assert img.shape == (SIZE // 2, SIZE // 2, 3)
+
+
+def test_img2img_strength_starts_part_way(pipe, tmp_path):
+    to_images(torch.zeros(1, 3, SIZE, SIZE))[0].save(tmp_path / "init.png")
+    steps = []
+    generate_pixels(pipe, request(init_image=str(tmp_path / "init.png"), strength=0.5, steps=6),
+                    progress=lambda p: steps.append(p.sample.sigma))
+    assert len(steps) == 6 and steps[0] < 14.0  # the last 6 sigmas of a 12-step schedule, not sigma_max
+
+
+@pytest.mark.parametrize("field,value,fix", [("sampler", "eulr", "choose one of"), ("width", 100, "multiple of 8"),
+                                             ("steps", 0, "at least 1"), ("strength", 1.5, "outside (0, 1]"),
+                                             ("scheduler", "fast", "choose one of")])
+def test_bad_requests_name_the_problem(field, value, fix):
+    with pytest.raises(ConfigError, match=fix.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        GenerateRequest("x", **{field: value})
+
+
+def test_request_json_round_trip():
+    req = GenerateRequest("x", hires=Hires(1.5), init_image="a.png", outpaint=(1, 2, 3, 4))
+    assert GenerateRequest.from_dict(req.to_dict()) == req
+    with pytest.raises(ConfigError, match="unknown request field"):
+        GenerateRequest.from_dict({"prompt": "x", "cfg_scale": 3})
+    assert replace(req, seed=3).seed == 3
+
+
+def test_cli_writes_pngs_with_metadata_and_replays_them(model, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert main(["generate", "a fox", "--model", str(model), "--steps", "3", "--width", "32", "--height", "32",
+                 "--seed", "5", "--sampler", "dpmpp_2m", "--scheduler", "karras", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    params = read_parameters(out)
+    assert params.startswith("a fox\n") and "Steps: 3" in params and "Seed: 5" in params and "DPM++ 2M Karras" in params
+    assert read_request(out)["request"]["sampler"] == "dpmpp_2m"
+    again = tmp_path / "again.png"
+    assert main(["generate", "--from-png", str(out), "-o", str(again)]) == 0
+    assert np.array_equal(np.asarray(__import__("PIL.Image").Image.open(out)),
+                          np.asarray(__import__("PIL.Image").Image.open(again)))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sampler", "nope"], "unknown sampler 'nope'; choose one of: euler"),
+    (["--width", "30"], "width=30 is not a positive multiple of 8"),
+    (["--steps", "0"], "use at least 1 step"),
+    (["--strength", "0"], "outside (0, 1]"),
+    (["--model", "missing-model"], "model 'missing-model' not found"),
+])
+def test_cli_bad_input_is_one_line_without_traceback(model, tmp_path, capsys, args, message):
+    base = ["generate", "x", "--models-dir", str(tmp_path), "--model", str(model)]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err and err.count("\n") == 1
