@@ -80,8 +80,9 @@ class GenerateRequest:
     cfg_rescale: float = 0.0
 
     def __post_init__(self) -> None:
-        bad = {"sampler": (self.sampler, SAMPLERS), "scheduler": (self.scheduler, SCHEDULERS)}
-        for what, (value, valid) in bad.items():
+        names: dict[str, tuple[str, list[str]]] = {"sampler": (self.sampler, list(SAMPLERS)),
+                                                   "scheduler": (self.scheduler, list(SCHEDULERS))}
+        for what, (value, valid) in names.items():
             if value not in valid:
                 raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(valid)}")
         for what, size in (("width", self.width), ("height", self.height)):
