@@ -40,8 +40,8 @@ def test_batch_noise_is_one_draw_from_the_seed(pipe):
     both = generate_pixels(pipe, request(batch=2))
     torch.testing.assert_close(generate_pixels(pipe, request(batch=2)), both)  # deterministic
     assert not torch.allclose(both[0], both[1])  # one draw of shape (2, ...), so the two images differ
-    # the same seed as diffusers/ComfyUI: the first image of a batch of two is not the image of batch one, since
-    # a (2, C, h, w) draw lays its values out sample by sample: image 0 equals batch 1 only at the same shape.
+    # a (2, C, h, w) draw fills sample 0 first, so image 0 of a batch is the image a batch of one gives (as in
+    # ComfyUI and diffusers)
     one = generate_pixels(pipe, request(batch=1))
     torch.testing.assert_close(one[0], both[0])
     assert not torch.allclose(generate_pixels(pipe, request(seed=2)), one)
