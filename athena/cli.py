@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,14 +15,12 @@ from athena.checkpoints.load import Checkpoint, open_checkpoint
 from athena.checkpoints.safetensors import DTYPE_NAMES
 from athena.cli_generate import add_parser as add_generate
 from athena.errors import AthenaError
+from athena.folders import default_dir
 
 MODEL_FOLDERS = ("checkpoints", "diffusion_models", "vae", "loras", "embeddings", "controlnet", "text_encoders", "upscale_models")
 LAYOUTS = {"ldm": "original single file", "ldm_unet": "bare U-Net (original names)", "diffusers_unet": "bare U-Net (diffusers names)",
            "ldm_vae": "standalone VAE (original names)", "diffusers_vae": "standalone VAE (diffusers names)", "diffusers": "diffusers folder"}
 
-
-def default_dir(kind: str, env: str) -> Path:
-    return Path(os.environ.get(env) or Path.home() / ".athena" / kind)
 
 
 # --------------------------------------------------------------------------- models

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import signal
 import sys
 import time
@@ -14,17 +13,22 @@ from typing import Any
 
 from athena.diffusion.progress import CancelToken
 from athena.errors import Cancelled, ConfigError
+from athena.folders import default_dir
 from athena.media.images import to_images
 from athena.media.png import read_request, save_png
-from athena.pipelines.generate import GenerateRequest, Hires, Progress, a1111_parameters, generate_pixels, image_path
+from athena.pipelines.generate import (
+    GenerateRequest,
+    Hires,
+    Progress,
+    a1111_parameters,
+    generate_pixels,
+    image_path,
+)
 from athena.pipelines.pipeline import load
 
 BUNDLED = "athena-tiny"
 SUFFIXES = (".safetensors", ".ckpt", ".pt")
 
-
-def default_dir(kind: str, env: str) -> Path:
-    return Path(os.environ.get(env) or Path.home() / ".athena" / kind)
 
 
 def resolve_model(name: str | None, models_dir: Path) -> Path:

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "tests" / "diffusion"))
 from common import fmt_table
+from kdiffusion import SHARED
 from mixture import Mixture, mixture
 
 from athena.diffusion.samplers import SAMPLERS
@@ -43,10 +44,6 @@ from athena.diffusion.schedules import karras
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 SEED = 1234
-KDIFF_NAMES = ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
-               "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
-KDIFF_ANCESTRAL = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpm_fast", "dpm_adaptive"})
-KDIFF_BROWNIAN = frozenset({"dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"})
 
 Denoise = Callable[..., Tensor]
 RunSampler = Callable[[Denoise, Tensor, Tensor], Tensor]  # (denoise, x_T, sigmas) -> samples
@@ -106,26 +103,13 @@ def athena_sampler(name: str) -> RunSampler:
 
 
 def kdiffusion_sampler(k: types.ModuleType, name: str) -> RunSampler:
-    """k-diffusion's sampler, called as tests/diffusion/test_kdiffusion_parity.py calls it (same noise as ours)."""
-    fn = getattr(k, f"sample_{name}")
-
+    """k-diffusion's sampler with the noise ours draws (the parity test's convention, `kdiffusion.run_reference`)."""
     def run(denoise: Denoise, x: Tensor, sigmas: Tensor) -> Tensor:
+        from kdiffusion import run_reference
+
         with warnings.catch_warnings():  # torch.tensor(tensor) copies, Brownian-tree rounding at its ends
             warnings.simplefilter("ignore", UserWarning)
-            return call(denoise, x, sigmas)
-
-    def call(denoise: Denoise, x: Tensor, sigmas: Tensor) -> Tensor:
-        if name in KDIFF_BROWNIAN:
-            lo, hi = sigmas[sigmas > 0].min(), sigmas.max()
-            return fn(denoise, x, sigmas, disable=True, noise_sampler=k.BrownianTreeNoiseSampler(x, lo, hi, seed=SEED))
-        g = torch.Generator().manual_seed(SEED)
-        noise = lambda s, sn: torch.randn(x.shape, generator=g, dtype=x.dtype)
-        if name in ("dpm_fast", "dpm_adaptive"):
-            extra = (len(sigmas) - 1,) if name == "dpm_fast" else ()
-            return fn(denoise, x, sigmas[-2], sigmas[0], *extra, disable=True, noise_sampler=noise)
-        if name in KDIFF_ANCESTRAL:
-            return fn(denoise, x, sigmas, disable=True, noise_sampler=noise)
-        return fn(denoise, x, sigmas, disable=True)
+            return run_reference(k, name, denoise, x, sigmas, SEED)
     return run
 
 
@@ -322,7 +306,7 @@ def main() -> None:
     curves = run_all("athena", {name: athena_sampler(name) for name in args.samplers}, problem, args.steps)
     k = load_kdiffusion()
     if k is not None:
-        names = [name for name in KDIFF_NAMES if name in args.samplers]
+        names = [name for name in SHARED if name in args.samplers]
         curves += run_all("k-diffusion", {name: kdiffusion_sampler(k, name) for name in names}, problem, args.steps)
     if not curves:
         sys.exit("no sampler ran")

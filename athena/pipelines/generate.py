@@ -195,11 +195,9 @@ def generate_pixels(pipe: Pipeline, req: GenerateRequest, *, progress: ProgressF
         raise ConfigError("this is an inpainting model (9 input channels); pass --init-image and --mask")
 
     def run(lat: Tensor, steps: int, denoise: float, stage: str, m: Tensor | None) -> Tensor:
-        total = steps
-
         def report(s: Step) -> None:
             if progress is not None:
-                progress(Progress(s.i + 1, total, stage, s))
+                progress(Progress(s.i + 1, steps, stage, s))
         return sample_latent(pipe.unet, positive, negative, lat, seed=req.seed, steps=steps, sampler=req.sampler,
                              scheduler=req.scheduler, guidance=req.cfg, denoise=denoise, mask=m,
                              cfg_rescale=req.cfg_rescale, callback=report, cancel=cancel)

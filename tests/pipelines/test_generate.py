@@ -16,7 +16,7 @@ from athena.media.images import to_images, to_tensor
 from athena.media.png import read_parameters, read_request
 from athena.models.unet import TINY_SD1
 from athena.models.vae import TINY_VAE
-from athena.pipelines.generate import GenerateRequest, Hires, encode, generate_pixels
+from athena.pipelines.generate import GenerateRequest, Hires, generate_pixels
 
 SIZE = 32
 

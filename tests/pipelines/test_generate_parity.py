@@ -17,6 +17,7 @@ from athena.media.images import to_images
 from athena.pipelines.generate import GenerateRequest, encode, generate_pixels
 from athena.text import clip_tokenizer
 from tests.models.test_parity_diffusers import PLAIN, XATTN, randomize, unet_config
+from tests.pipelines.test_sdxl_conditioning import text_model
 from tests.text.corpus import write_hf_files
 
 diffusers = pytest.importorskip("diffusers")
@@ -25,15 +26,6 @@ TOL = 2e-3
 # No weight syntax: diffusers reads "(x)" as literal brackets, Athena (like ComfyUI) as a weight.
 PROMPT, NEGATIVE, SEED, CFG = "a red fox in the snow, detailed fur, 8k", "blurry, lowres", 42, 7.5
 SIZE = 32  # pixels; the 2-level VAE makes a 16 x 16 latent
-
-
-def text_model(width, projection, act, seed):
-    cfg = transformers.CLIPTextConfig(vocab_size=49408, hidden_size=width, num_attention_heads=width // 32,
-                                      num_hidden_layers=2, intermediate_size=2 * width, hidden_act=act,
-                                      max_position_embeddings=77, projection_dim=width, bos_token_id=49406,
-                                      eos_token_id=49407, pad_token_id=49407)
-    model = (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(cfg)
-    return randomize(model, seed)
 
 
 def tiny_vae(seed, scaling_factor=0.18215):
