@@ -24,18 +24,17 @@ from athena.pipelines.generate import (
     generate_pixels,
     image_path,
 )
-from athena.pipelines.pipeline import load
+from athena.pipelines.pipeline import BUNDLED, bundled_model, load
 
-BUNDLED = "athena-tiny"
 SUFFIXES = (".safetensors", ".ckpt", ".pt")
 
 
 
 def resolve_model(name: str | None, models_dir: Path) -> Path:
-    """A path as it is; a name under the models directory's checkpoints/ (with or without its suffix)."""
-    if name is None or name == BUNDLED:
-        raise ConfigError(f"the bundled model {BUNDLED!r} is not built into this version yet; pass --model with a "
-                          f".safetensors file, a diffusers folder, or a name under {models_dir / 'checkpoints'}")
+    """A path as it is; a name under the models directory's checkpoints/ (with or without its suffix); no name or
+    `athena-tiny`: the bundled model."""
+    if name is None or (name == BUNDLED and not Path(name).exists()):
+        return bundled_model()
     path = Path(name).expanduser()
     if path.exists():
         return path

@@ -15,6 +15,7 @@ ALLOWED = {
     "checkpoints": {"errors", "models", "checkpoints"},
     "graph": {"errors", "graph"},
     "pipelines": {"errors", "models", "diffusion", "checkpoints", "text", "media", "pipelines"},
+    "training": {"errors", "models", "diffusion", "checkpoints", "text", "media", "pipelines", "training"},
     "nodes": {"errors", "graph", "pipelines", "nodes", "models", "diffusion", "checkpoints", "text", "media"},
 }
 

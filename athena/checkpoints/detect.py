@@ -21,6 +21,7 @@ Shapes = Mapping[str, tuple[int, ...]]
 Layout = Literal["ldm", "ldm_unet", "diffusers_unet", "ldm_vae", "diffusers_vae"]
 UNET_PREFIX, VAE_PREFIX = "model.diffusion_model.", "first_stage_model."
 META_UNET, META_VAE, META_FAMILY = "athena.unet_config", "athena.vae_config", "athena.family"
+META_RESOLUTION = "athena.resolution"  # the image size a model was trained at (the default size to generate)
 
 # --------------------------------------------------------------------------- families
 

@@ -20,6 +20,7 @@ from athena.checkpoints import detect, text
 from athena.checkpoints.detect import (
     FAMILIES,
     META_FAMILY,
+    META_RESOLUTION,
     META_VAE,
     UNET_PREFIX,
     VAE_PREFIX,
@@ -102,6 +103,7 @@ class Checkpoint:
     text_hf_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # diffusers text_encoder*/config.json
     tokenizers: dict[str, Path] = field(default_factory=dict)  # diffusers tokenizer*/ folders (vocab.json, merges.txt)
     other: list[str] = field(default_factory=list)  # keys no component claims (schedule buffers, EMA copies)
+    resolution: int | None = None  # the trained image size, when the file says (Athena's trained models do)
     sources: list[Weights] = field(default_factory=list)
 
     def load_unet(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32) -> UNet:
@@ -154,7 +156,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     else:
         unet = strip_prefix(w, UNET_PREFIX) if layout == "ldm" else w
     family = FAMILIES[detect.detect_family(detect.shapes_of(unet), path.name)]
-    ckpt = Checkpoint(path, layout, family, unet=unet, unet_config=detect.unet_config_for(unet, family.name, w), sources=[w])
+    ckpt = Checkpoint(path, layout, family, unet=unet, unet_config=detect.unet_config_for(unet, family.name, w), sources=[w],
+                      resolution=int(w.metadata[META_RESOLUTION]) if META_RESOLUTION in w.metadata else None)
     if layout == "ldm":
         vae_w = strip_prefix(w, VAE_PREFIX)
         if len(vae_w):

@@ -257,7 +257,7 @@ def _size(pipe: Pipeline, req: GenerateRequest, init: Image.Image | None) -> tup
     if init is not None and req.width is None and req.height is None:
         w, h = init.size
         return max(8, w // 8 * 8), max(8, h // 8 * 8)
-    native = DEFAULT_SIZE.get(pipe.family.name, 512)
+    native = pipe.resolution or DEFAULT_SIZE.get(pipe.family.name, 512)
     return req.width or native, req.height or native
 
 

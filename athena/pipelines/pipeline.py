@@ -36,6 +36,7 @@ class Pipeline:
     text: PromptEncoder | None = None
     path: Path | None = None
     latent_rgb: Tensor | None = field(default=None, repr=False)  # the preview map, fitted on first use
+    resolution: int | None = None  # the size the model was trained at, when its file says
 
     @property
     def device(self) -> torch.device:
@@ -78,13 +79,28 @@ def text_encoders(ckpt: Checkpoint, device: torch.device | str, dtype: torch.dty
                                       ckpt.text_layers_dropped(s.name)) for s in specs], embeddings)
 
 
+BUNDLED = "athena-tiny"
+
+
+def bundled_model() -> Path:
+    """The model that ships inside the package (trained by `scripts/train_athena_tiny.sh`)."""
+    path = Path(__file__).resolve().parents[1] / "assets" / f"{BUNDLED}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"the bundled model is missing from this install ({path}); reinstall Athena, or rebuild "
+                              f"it with `bash scripts/train_athena_tiny.sh`")
+    return path
+
+
 def load(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32,
          family: str | None = None, embeddings: str | Path | None = None) -> Pipeline:
     """Load a single-file checkpoint or a diffusers folder; `family` (sd1, sd2, ...) is checked if given.
-    `embeddings` is the folder that `embedding:name` in prompts reads textual-inversion files from."""
+    `embeddings` is the folder that `embedding:name` in prompts reads textual-inversion files from.
+    `"athena-tiny"` is the bundled model."""
+    if str(path) == BUNDLED and not Path(path).exists():
+        path = bundled_model()
     ckpt = with_family(open_checkpoint(path), family)
     dt = dtype_of(dtype)
     unet = ckpt.load_unet(device, dt)
     vae = ckpt.load_vae(device, dt) if ckpt.vae is not None else None
     text = text_encoders(ckpt, device, dt, Path(embeddings) if embeddings is not None else None)
-    return Pipeline(ckpt.family, unet, vae, text, ckpt.path)
+    return Pipeline(ckpt.family, unet, vae, text, ckpt.path, resolution=ckpt.resolution)

@@ -73,10 +73,12 @@ def masked(denoise: Denoiser, ms: ModelSampling, latent: Tensor, noise: Tensor, 
 def sample_latent(unet: UNet, positive: Conditioning, negative: Conditioning, latent: Tensor, *, seed: int,
                   steps: int, sampler: str = "euler", scheduler: str = "normal", guidance: float = 7.0,
                   denoise: float = 1.0, mask: Tensor | None = None, cfg_rescale: float = 0.0,
-                  callback: Callable[[Step], None] | None = None, cancel: CancelToken | None = None) -> Tensor:
+                  callback: Callable[[Step], None] | None = None, cancel: CancelToken | None = None,
+                  sampling: ModelSampling | None = None) -> Tensor:
     """Denoise `latent` (B, C, h, w; zeros for txt2img) from the noise of `seed`. `denoise` < 1 starts part-way
-    (img2img strength); `mask` (B, 1, h, w, 1 = repaint) keeps the rest of `latent`."""
-    ms = model_sampling(unet)
+    (img2img strength); `mask` (B, 1, h, w, 1 = repaint) keeps the rest of `latent`. `sampling` replaces the
+    checkpoint's schedule (a model trained on another one, e.g. flow matching)."""
+    ms = sampling or model_sampling(unet)
     sigmas = schedule(ms, sampler, scheduler, steps, denoise).to(latent.device)
     noise = noise_for(tuple(latent.shape), seed).to(latent.device)
     start = sigmas[0].expand(latent.shape[0])

