@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,10 +101,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, stop_a
         set_rng_state(state["rng"], g)
         step = int(state["step"])
     cfg.save(out / "config.json")
-    mon = Monitor(out, cfg.steps, step, cfg.batch_size * cfg.grad_accum, tensorboard=cfg.tensorboard, quiet=quiet)
     if isinstance(task, TextToImage) and cfg.cache_latents:
-        task.cache_latents(out / "latents.pt", report=None if quiet else lambda i, n: mon.stream.write(
-            f"\rcaching latents {i}/{n}"))
+        task.cache_latents(out / "latents.pt", report=None if quiet else lambda i, n: print(
+            f"\rcaching latents {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True))
+    mon = Monitor(out, cfg.steps, step, cfg.batch_size * cfg.grad_accum, tensorboard=cfg.tensorboard, quiet=quiet)
     stream = batches(len(data), cfg.batch_size, cfg.seed, step * cfg.grad_accum)
     for m in task.modules.values():
         m.train()
