@@ -44,7 +44,7 @@ def shifted(x: Tensor, g: torch.Generator, pixels: int = 2) -> Tensor:
     return torch.stack([p[:, dy:dy + x.shape[-2], dx:dx + x.shape[-1]] for p, (dy, dx) in zip(padded, d.tolist())])
 
 
-def train_classifier(data_dir: str | Path | None = None, *, epochs: int = 3, seed: int = 0, log: bool = True) -> FashionClassifier:
+def train_classifier(data_dir: str | Path | None = None, *, epochs: int = 2, seed: int = 0, log: bool = True) -> FashionClassifier:
     images, labels = fashion_mnist("train", data_dir)
     x, y = images[:, None].float() / 255, labels
     torch.manual_seed(seed)
