@@ -80,7 +80,7 @@ def load_or_train(path: Path, data_dir: str | Path | None = None) -> FashionClas
     model = FashionClassifier()
     if path.is_file():
         w = open_weights(path)
-        model.load_state_dict({k: w[k] for k in w})
+        model.load_state_dict({k: w.view(k).clone() for k in w})
         return model.eval()
     model = train_classifier(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
