@@ -7,6 +7,7 @@ import dataclasses
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,7 +25,7 @@ from athena.pipelines.generate import (
     generate_pixels,
     image_path,
 )
-from athena.pipelines.pipeline import BUNDLED, bundled_model, load
+from athena.pipelines.pipeline import BUNDLED, Pipeline, bundled_model, load
 
 SUFFIXES = (".safetensors", ".ckpt", ".pt")
 
@@ -44,6 +45,35 @@ def resolve_model(name: str | None, models_dir: Path) -> Path:
                 return candidate
     raise ConfigError(f"model {name!r} not found: it is not a file or folder, and not under "
                       f"{models_dir / 'checkpoints'}; run `athena models list` to see the models there")
+
+
+def resolve_lora(spec: str, models_dir: Path) -> tuple[Path, float]:
+    """`PATH[:STRENGTH]` or `NAME[:STRENGTH]` (under the models directory's loras/) -> (file, strength)."""
+    name, _, tail = spec.rpartition(":")
+    try:
+        strength = float(tail)
+    except ValueError:
+        name, strength = spec, 1.0
+    if not name:
+        raise ConfigError(f"--lora {spec!r}: give PATH:STRENGTH, e.g. --lora my_style.safetensors:0.8")
+    folder = models_dir / "loras"
+    files = sorted(p for p in folder.glob("**/*") if p.suffix in SUFFIXES) if folder.is_dir() else []
+    for candidate in (Path(name).expanduser(), folder / name, *(folder / (name + s) for s in SUFFIXES),
+                      *(p for p in files if p.stem == name)):
+        if candidate.is_file():
+            return candidate, strength
+    have = [p.stem for p in files]
+    raise ConfigError(f"--lora {name!r} not found: not a file, and not under {folder} (there: {', '.join(have[:10]) or 'none'})")
+
+
+def apply_loras(pipe: Pipeline, loras: list[tuple[Path, float]]) -> None:
+    """Patch each LoRA in at its strength (model and text encoder alike); unfit modules are reported on one line."""
+    for path, strength in loras:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.load_lora(path, strength, strength)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
 
 
 class ProgressBar:
@@ -70,11 +100,12 @@ class ProgressBar:
             self.stream.write("\n")
 
 
-def request_from_args(args: argparse.Namespace) -> tuple[GenerateRequest, str | None]:
-    """The request (and the model) to run: the flags, or a PNG's embedded request for --from-png."""
+def request_from_args(args: argparse.Namespace) -> tuple[GenerateRequest, str | None, list[str]]:
+    """The request, the model and the LoRAs (PATH:STRENGTH) to run: the flags, or a PNG's record for --from-png."""
     if args.from_png:
         data = read_request(args.from_png)
-        return GenerateRequest.from_dict(data["request"]), args.model or data.get("model")
+        loras = args.lora or [f"{p}:{s}" for p, s in data.get("loras", [])]
+        return GenerateRequest.from_dict(data["request"]), args.model or data.get("model"), loras
     if args.prompt is None:
         raise ConfigError("give a PROMPT (or --from-png IMAGE to replay one)")
     hires = None
@@ -91,7 +122,7 @@ def request_from_args(args: argparse.Namespace) -> tuple[GenerateRequest, str | 
                           sampler=args.sampler, scheduler=args.scheduler, cfg=args.cfg, seed=args.seed,
                           batch=args.batch, init_image=args.init_image, strength=args.strength, mask=args.mask,
                           outpaint=outpaint, hires=hires, clip_skip=args.clip_skip, cfg_rescale=args.cfg_rescale)
-    return req, args.model
+    return req, args.model, args.lora or []
 
 
 def next_free(folder: Path) -> int:
@@ -101,13 +132,15 @@ def next_free(folder: Path) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    req, model = request_from_args(args)
+    req, model, lora_specs = request_from_args(args)
     models_dir = Path(args.models_dir) if args.models_dir else default_dir("models", "ATHENA_MODELS_DIR")
     path = resolve_model(model, models_dir)
+    loras = [resolve_lora(spec, models_dir) for spec in lora_specs]
     for what, p in (("--init-image", req.init_image), ("--mask", req.mask)):
         if p is not None and not Path(p).is_file():
             raise ConfigError(f"{what} {p!r} does not exist")
-    pipe = load(path, device=args.device, dtype=args.dtype)
+    pipe = load(path, device=args.device, dtype=args.dtype, embeddings=models_dir / "embeddings")
+    apply_loras(pipe, loras)
     cancel, bar = CancelToken(), ProgressBar()
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -130,7 +163,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     h, w = pixels.shape[-2:]
     parameters = a1111_parameters(req, width=w, height=h, seed=req.seed, model=path.stem)
     for i, img in enumerate(to_images(pixels)):
-        record = {"request": dataclasses.asdict(req), "model": str(path), "batch_index": i}
+        record = {"request": dataclasses.asdict(req), "model": str(path), "batch_index": i,
+                  "loras": [[str(p), s] for p, s in loras]}
         print(save_png(img, image_path(out, first + i, req.batch), parameters=parameters, request=record))
     return 0
 
@@ -158,6 +192,8 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--hires-steps", type=int, default=0)
     g.add_argument("--hires-upscale", choices=("latent", "pixel"), default="latent")
     g.add_argument("--clip-skip", type=int)
+    g.add_argument("--lora", action="append", metavar="PATH:STRENGTH",
+                   help="apply a LoRA/LyCORIS file (or a name under the models directory's loras/); repeatable")
     g.add_argument("--from-png", help="replay the request embedded in a PNG that athena wrote")
     g.add_argument("-o", "--output", help="a .png path, or a folder (default: the output directory)")
     g.add_argument("--device", default="cpu")

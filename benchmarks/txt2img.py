@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,7 +34,9 @@ from athena.models.vae import VAE_PRESETS  # noqa: E402
 from athena.pipelines.generate import GenerateRequest, generate_pixels  # noqa: E402
 from athena.pipelines.pipeline import load  # noqa: E402
 
-CASES = {"tiny": ("tiny_sd1", "tiny", (32, 2)), "sd15": ("sd15", "sd", (768, 12))}
+# tiny: the test U-Net with an 8x VAE (athena-tiny's: 32 channels, 4 levels), so 256 px is a 32 x 32 latent as in sd15
+CASES = {"tiny": (UNET_PRESETS["tiny_sd1"], replace(VAE_PRESETS["sd"], ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1), (32, 2)),
+         "sd15": (UNET_PRESETS["sd15"], VAE_PRESETS["sd"], (768, 12))}
 PROMPT, NEGATIVE, SEED, CFG = "a lighthouse on a cliff at dusk, oil painting", "blurry", 7, 7.0
 
 
@@ -44,7 +47,7 @@ def build(case: str, folder: Path) -> tuple[Path, Path]:
     from athena.text import clip_tokenizer
 
     unet, vae, clip = CASES[case]
-    single = random_checkpoint(folder / f"{case}.safetensors", "sd1", UNET_PRESETS[unet], VAE_PRESETS[vae],
+    single = random_checkpoint(folder / f"{case}.safetensors", "sd1", unet, vae,
                                {"clip_l": clip}, dtype=torch.float32)
     to_diffusers(open_checkpoint(single), folder / case)
     write_hf_files(clip_tokenizer(), folder / case / "tokenizer")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from athena.checkpoints.detect import Family
 from athena.checkpoints.load import Checkpoint, dtype_of, open_checkpoint, with_family
+from athena.checkpoints.lora import alias_table, match, read_lora
 from athena.errors import CheckpointError
+from athena.models.lora import Handle, Patcher
 from athena.models.unet import UNet
 from athena.models.vae import AutoencoderKL
 from athena.pipelines.conditioning import (
@@ -37,6 +40,7 @@ class Pipeline:
     path: Path | None = None
     latent_rgb: Tensor | None = field(default=None, repr=False)  # the preview map, fitted on first use
     resolution: int | None = None  # the size the model was trained at, when its file says
+    patchers: dict[str, Patcher] = field(default_factory=dict, repr=False)  # per model: applied adapters, originals
 
     @property
     def device(self) -> torch.device:
@@ -45,6 +49,39 @@ class Pipeline:
     @property
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
+
+    def models(self) -> dict[str, nn.Module]:
+        """The adaptable models by component name: "unet" and the text encoders (clip_l, clip_h, clip_g)."""
+        out: dict[str, nn.Module] = {"unet": self.unet}
+        out.update({e.spec.name: e.model for e in (self.text.encoders if self.text else [])})
+        return out
+
+    def load_lora(self, path: str | Path, model_strength: float = 1.0, clip_strength: float = 1.0) -> Handle:
+        """Patch a LoRA / LyCORIS file into the U-Net (at `model_strength`) and the text encoders (`clip_strength`).
+        Adapters stack; `handle.remove()` restores the weights bit for bit. Modules of the file that fit nothing in
+        this model are listed in `handle.unmatched` and reported with a warning."""
+        lora, models = read_lora(path), self.models()
+        adaptable = {name: [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+                     for name, model in models.items()}
+        table = alias_table(self.family.name, self.unet.cfg, adaptable.pop("unet"), adaptable)
+        parts, unmatched = match(lora, table)
+        name = Path(path).name
+        if not parts:
+            raise CheckpointError(f"{name}: none of its {len(lora.deltas)} modules fit this {self.family.label} model "
+                                  f"(e.g. {unmatched[:3]}); it was made for another model family")
+        if unmatched:
+            warnings.warn(f"{name}: {len(unmatched)} of its modules fit nothing in this {self.family.label} model and "
+                          f"are not applied (e.g. {unmatched[:3]})", stacklevel=2)
+        handle = Handle(unmatched=tuple(unmatched))
+        try:
+            for component, deltas in parts.items():
+                patcher = self.patchers.setdefault(component, Patcher(models[component]))
+                strength = model_strength if component == "unet" else clip_strength
+                handle.entries += patcher.add(deltas, strength).entries
+        except CheckpointError as e:
+            handle.remove()
+            raise CheckpointError(f"{name}: {e}") from None
+        return handle
 
     def preview(self, x0: Tensor, index: int = 0) -> Image.Image:
         """A cheap RGB preview of a step's x0 estimate (a linear map, no VAE decode)."""
