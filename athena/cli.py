@@ -12,6 +12,7 @@ from athena.checkpoints import text
 from athena.checkpoints.convert import to_diffusers, to_single_file
 from athena.checkpoints.io import Weights
 from athena.checkpoints.load import Checkpoint, open_checkpoint
+from athena.checkpoints.merge import merge
 from athena.checkpoints.safetensors import DTYPE_NAMES
 from athena.cli_generate import add_parser as add_generate
 from athena.cli_train import add_train
@@ -93,6 +94,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise AthenaError(f"{out} exists; pass --overwrite to replace it")
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rmerging {done}/{total} tensors", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    counts = merge(args.a, args.b, out, alpha=args.alpha, difference=args.add_difference, progress=progress)
+    if counts["copied"]:
+        print(f"note: {counts['copied']} tensors only A has (or integer ones) were copied from A unchanged", file=sys.stderr)
+    print(out)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     root = Path(args.models_dir) if args.models_dir else default_dir("models", "ATHENA_MODELS_DIR")
     if not root.is_dir():
@@ -121,6 +137,14 @@ def parser() -> argparse.ArgumentParser:
     conv.add_argument("dst")
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(fn=cmd_convert)
+    mrg = models.add_parser("merge", help="weighted sum A*(1-alpha) + B*alpha, or add difference A + (B-C)*alpha")
+    mrg.add_argument("a")
+    mrg.add_argument("b")
+    mrg.add_argument("--alpha", type=float, required=True, help="0 keeps A, 1 takes B")
+    mrg.add_argument("--add-difference", metavar="C", help="graft B's change from C onto A")
+    mrg.add_argument("-o", "--output", required=True, help="the merged .safetensors file")
+    mrg.add_argument("--overwrite", action="store_true")
+    mrg.set_defaults(fn=cmd_merge)
     lst = models.add_parser("list", help="model files in the models directory, by folder")
     lst.add_argument("--models-dir")
     lst.set_defaults(fn=cmd_list)

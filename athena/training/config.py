@@ -12,13 +12,13 @@ from typing import Any, Literal
 
 from athena.errors import ConfigError
 
-Task = Literal["ddpm", "vae", "t2i"]
+Task = Literal["ddpm", "vae", "t2i", "lora", "ti"]
 TASKS: tuple[str, ...] = typing.get_args(Task)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: Task = "t2i"  # ddpm: pixel U-Net; vae: KL autoencoder; t2i: latent U-Net + CLIP text encoder
+    task: Task = "t2i"  # ddpm: pixel U-Net; vae: KL autoencoder; t2i: latent U-Net + CLIP; lora, ti: adapters of --base
     dataset: str = "fashion-colors"  # fashion-mnist, fashion-colors, or a folder of images with captions
     data_dir: str | None = None  # where Fashion-MNIST's IDX files are (default: Debian's dataset-fashion-mnist)
     limit: int | None = None  # use only the first N items
@@ -54,7 +54,16 @@ class TrainConfig:
     vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2)
     vae_res_blocks: int = 1
     kl_weight: float = 1e-6
-    cache_latents: bool = True  # t2i: encode the dataset once, then train on the cached latents
+    cache_latents: bool = True  # t2i, lora, ti: encode the dataset once, then train on the cached latents
+    # adapters (lora, ti) of a frozen SD1.x base
+    base: str = "athena-tiny"  # the base checkpoint: a path, or the bundled athena-tiny
+    lora_rank: int = 8
+    lora_alpha: float = 8.0  # the update is scaled by lora_alpha / lora_rank
+    lora_targets: str = "attn,ff"  # comma list of attn, ff, proj, conv (U-Net layers to adapt)
+    lora_text: bool = False  # also adapt the text encoder's attention and MLP layers
+    ti_token: str = "<concept>"  # the placeholder word the captions use for the new token
+    ti_vectors: int = 1  # vectors the new token is made of
+    ti_init: str | None = None  # a word whose token embedding starts the vectors (default: the mean embedding)
     # monitoring
     log_every: int = 10
     sample_every: int = 500
@@ -71,6 +80,8 @@ class TrainConfig:
             raise ConfigError(f"ema_decay={self.ema_decay} must be in [0, 1)")
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr} must be > 0")
+        if self.lora_rank < 1 or self.ti_vectors < 1:
+            raise ConfigError(f"lora_rank={self.lora_rank} and ti_vectors={self.ti_vectors} must be >= 1")
         if len(self.attention) != len(self.channel_mult):
             raise ConfigError(f"attention={self.attention} needs one depth per level of channel_mult={self.channel_mult}")
 

@@ -23,10 +23,18 @@ from athena.training.state import (
     set_rng_state,
     warmup_cosine,
 )
-from athena.training.tasks import Task, TextToImage, build_task, trainable
+from athena.training.adapters import LoRATraining, TextualInversion
+from athena.training.data import Dataset
+from athena.training.tasks import KLAutoencoder, PixelDDPM, Task, TextToImage, trainable
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.safetensors"
+
+
+def build_task(cfg: TrainConfig, data: Dataset, device: torch.device) -> Task:
+    tasks: dict[str, Any] = {"ddpm": PixelDDPM.build, "vae": KLAutoencoder, "t2i": TextToImage, "lora": LoRATraining,
+                             "ti": TextualInversion}
+    return tasks[cfg.task](cfg, data, device)
 
 
 def pick_device(name: str) -> torch.device:

@@ -261,6 +261,7 @@ class TextToImage:
         self.ms = sampling_for(cfg.prediction)
         self.tokenizer = clip_tokenizer()
         self.latents: tuple[Tensor, Tensor] | None = None  # (mean, std) per item, when cached
+        self.vae_source = Path(cfg.vae)  # the file the cached latents depend on
 
     def ids(self, captions: Sequence[str]) -> Tensor:
         """SD1's CLIP input: BOS, tokens, EOS, padded with EOS to 77."""
@@ -274,7 +275,7 @@ class TextToImage:
     @torch.no_grad()
     def cache_latents(self, path: Path, report: Any = None, chunk: int = 250) -> None:
         """Encode the whole dataset once (posterior mean and std); reused while the VAE file is unchanged."""
-        vae_file = Path(str(self.cfg.vae))
+        vae_file = self.vae_source
         key = {"vae": str(vae_file.resolve()), "vae_size": vae_file.stat().st_size, "vae_mtime": vae_file.stat().st_mtime,
                "dataset": self.cfg.dataset, "limit": self.cfg.limit, "seed": self.cfg.seed, "n": len(self.data),
                "resolution": self.cfg.resolution}
@@ -339,8 +340,3 @@ class TextToImage:
                 META_TRAIN: json.dumps(asdict(self.cfg))}
         save_file(half, path, meta)
         return {}
-
-
-def build_task(cfg: TrainConfig, data: Dataset, device: torch.device) -> Task:
-    tasks: dict[str, Any] = {"ddpm": PixelDDPM.build, "vae": KLAutoencoder, "t2i": TextToImage}
-    return tasks[cfg.task](cfg, data, device)

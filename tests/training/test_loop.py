@@ -17,7 +17,8 @@ from athena.training.config import TrainConfig
 from athena.training.data import open_dataset
 from athena.training.loop import train
 from athena.training.state import load_checkpoint, save_atomic
-from athena.training.tasks import PixelDDPM, build_task
+from athena.training.loop import build_task
+from athena.training.tasks import PixelDDPM
 
 TINY = dict(model_channels=32, channel_mult=(1, 2), attention=(0, 1), num_res_blocks=1, batch_size=8, lr=2e-3,
             warmup_steps=2, log_every=1, sample_every=1000, save_every=4, tensorboard=False)
