@@ -320,8 +320,9 @@ class TextToImage:
 
     def samples(self) -> Tensor:
         data = self.data if isinstance(self.data, FashionColors) else None
-        captions = [data.caption(i) for i in range(16)] if data else [c or "" for c in
-                                                                      (self.data.batch(range(16)).captions or [])]
+        n = min(16, len(self.data))  # a LoRA's folder may hold fewer images than a grid
+        captions = [data.caption(i) for i in range(n)] if data else [c or "" for c in
+                                                                     (self.data.batch(range(n)).captions or [])]
         return self.generate(captions, seed=0)
 
     def export(self, path: Path) -> dict[str, float]:

@@ -64,3 +64,17 @@ def test_textual_inversion_learns_a_colour_word(tmp_path, real_fashion_dir):
     path.rename(tmp_path / "embeddings" / "teal.safetensors")
     figures = colour_figures(athena.load("athena-tiny", embeddings=tmp_path / "embeddings"), n=8)
     assert figures["ti"] < figures["base"] - 0.1, figures
+
+
+def test_text_encoder_lora_and_a_small_folder(tmp_path):
+    """--lora-text adds the CLIP layers (lora_te_*), and a folder smaller than a sample grid trains."""
+    cfg = TrainConfig(task="lora", dataset=str(write_star_folder(tmp_path / "data", 6)), out=str(tmp_path / "run"),
+                      steps=2, sample_every=2, save_every=2, lora_text=True, **{**FAST, "warmup_steps": 1})
+    path = train(cfg, quiet=True)
+    keys = load_file(path)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
+    pipe = athena.load("athena-tiny")
+    before = pipe.encode_prompt("a red star on a blue background").context
+    handle = pipe.load_lora(path, 1.0, 1.0)
+    assert not handle.unmatched
+    assert (pipe.encode_prompt("a red star on a blue background").context - before).abs().max() > 0
