@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import signal
 import sys
 import time
@@ -54,6 +55,10 @@ def resolve_lora(spec: str, models_dir: Path) -> tuple[Path, float]:
         strength = float(tail)
     except ValueError:
         name, strength = spec, 1.0
+    if Path(spec).expanduser().is_file():  # a file whose name ends in ":<number>"
+        name, strength = spec, 1.0
+    if not math.isfinite(strength):
+        raise ConfigError(f"--lora {spec!r}: the strength must be a finite number, e.g. 0.8")
     if not name:
         raise ConfigError(f"--lora {spec!r}: give PATH:STRENGTH, e.g. --lora my_style.safetensors:0.8")
     folder = models_dir / "loras"
@@ -61,7 +66,7 @@ def resolve_lora(spec: str, models_dir: Path) -> tuple[Path, float]:
     for candidate in (Path(name).expanduser(), folder / name, *(folder / (name + s) for s in SUFFIXES),
                       *(p for p in files if p.stem == name)):
         if candidate.is_file():
-            return candidate, strength
+            return candidate.resolve(), strength
     have = [p.stem for p in files]
     raise ConfigError(f"--lora {name!r} not found: not a file, and not under {folder} (there: {', '.join(have[:10]) or 'none'})")
 

@@ -46,7 +46,10 @@ SUFFIXES: dict[str, tuple[str, str]] = {
 BY_LENGTH = sorted(SUFFIXES, key=len, reverse=True)
 REQUIRED = {"lora": ("up", "down"), "loha": ("w1a", "w1b", "w2a", "w2b"), "diff": ()}
 OLD_PROCESSOR = {"processor.to_q_lora": "to_q", "processor.to_k_lora": "to_k", "processor.to_v_lora": "to_v",
-                 "processor.to_out_lora": "to_out.0"}
+                 "processor.to_out_lora": "to_out.0",  # diffusers' attention processors (U-Net) ...
+                 "self_attn.to_q_lora": "self_attn.q_proj", "self_attn.to_k_lora": "self_attn.k_proj",
+                 "self_attn.to_v_lora": "self_attn.v_proj", "self_attn.to_out_lora": "self_attn.out_proj"}  # ... (CLIP)
+PAIRS = (("w1a", "w1b"), ("w2a", "w2b"))
 # family -> {kohya text prefix or diffusers component: text encoder}
 TEXT_PREFIXES = {
     "sd1": {"lora_te_": "clip_l", "text_encoder.": "clip_l"},
@@ -79,14 +82,22 @@ def read_lora(path: str | Path) -> LoraFile:
     unknown = []
     for key, t in tensors.items():
         suffix = next((s for s in BY_LENGTH if key.endswith("." + s)), None)
-        if suffix is None:
+        if suffix is None and key.endswith(("_lora.down.weight", "_lora.up.weight")):  # attn1.processor.to_q_lora.down
+            suffix = key.rsplit(".", 2)[-2] + ".weight"
+            kind, fld = "lora", suffix.split(".")[0]
+        elif suffix is None:
             unknown.append(key)
             continue
+        else:
+            kind, fld = SUFFIXES[suffix]
         module = key[: -len(suffix) - 1]
-        kind, fld = SUFFIXES[suffix]
         groups[module][fld] = t
         if kind:
             kinds[module].add(kind)
+    dora = [k for k in unknown if k.endswith(".dora_scale")]
+    if dora:
+        raise CheckpointError(f"{path.name} is a DoRA ({len(dora)} dora_scale tensors, e.g. {dora[0]}), which Athena "
+                              f"does not apply yet; use a plain LoRA / LyCORIS export of it")
     deltas: dict[tuple[str, str], Delta] = {}
     for module, f in groups.items():
         if not kinds[module]:
@@ -96,6 +107,11 @@ def read_lora(path: str | Path) -> LoraFile:
             raise CheckpointError(f"{path.name}: module '{module}' mixes adapter kinds {sorted(kinds[module])}")
         kind = kinds[module].pop()
         missing = [x for x in REQUIRED.get(kind, ()) if x not in f]
+        missing += [b for a, b in PAIRS if a in f and b not in f] + [a for a, b in PAIRS if b in f and a not in f]
+        if kind == "loha" and ("t1" in f) != ("t2" in f):
+            missing.append("t2" if "t1" in f else "t1")
+        if kind == "lokr" and "t2" in f and not ("w2a" in f and "w2b" in f):
+            missing.append("w2a and w2b")
         if missing:
             raise CheckpointError(f"{path.name}: module '{module}' lacks its {', '.join(missing)} tensor(s); the file is "
                                   f"truncated or not a {kind} adapter")

@@ -1,6 +1,6 @@
 """Checkpoint merging, streamed tensor by tensor so that RAM stays near one tensor, not one model.
 
-- weighted sum: `A * (1 - alpha) + B * alpha` (alpha 0 gives A, alpha 1 gives B, bit for bit);
+- weighted sum: `A * (1 - alpha) + B * alpha` (alpha 0 gives A, alpha 1 gives B in A's dtype, bit for bit);
 - add difference: `A + (B - C) * alpha` (B's change from C, grafted onto A; alpha 0 gives A).
 
 Sums are taken in fp32 and stored in A's dtype. The output has A's keys and metadata, so it loads and is detected
@@ -27,7 +27,9 @@ def _combine(a: Weights, b: Weights, c: Weights | None, key: str, alpha: float,
              done: Callable[[], None]) -> Callable[[], Tensor]:
     def make() -> Tensor:
         ta = a.view(key)
-        if c is None:
+        if c is None and alpha in (0.0, 1.0):  # exactly A or B (in A's dtype), whatever they hold
+            out = (ta if alpha == 0.0 else b.view(key)).to(ta.dtype, copy=True)
+        elif c is None:
             out = ta.float() * (1 - alpha) + b.view(key).float() * alpha
         else:
             out = ta.float() + (b.view(key).float() - c.view(key).float()) * alpha
@@ -37,6 +39,12 @@ def _combine(a: Weights, b: Weights, c: Weights | None, key: str, alpha: float,
                 w.release(key)
         done()
         return out
+    return make
+
+
+def _copied(w: Weights, key: str) -> Callable[[], Tensor]:
+    def make() -> Tensor:
+        return w.get(key)  # a copy, with the mapped pages released
     return make
 
 
@@ -68,7 +76,7 @@ def merge(a: str | Path, b: str | Path, out: str | Path, *, alpha: float,
             info = wa[key]
             others = [w for w in (wb, wc) if w is not None]
             if not info.dtype.is_floating_point or not all(key in w for w in others):
-                plan[key] = wa.pending(key)
+                plan[key] = Pending(info.dtype, info.shape, _copied(wa, key))
                 copied += 1
                 continue
             for w, name in zip(others, (Path(b).name, Path(difference).name if difference else "")):

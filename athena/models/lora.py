@@ -10,8 +10,9 @@ Deltas (each `weight(shape)` returns the full fp32 change of one parameter, scal
 Why patching and not wrapping at forward time: a patched model runs at the base model's speed on every step, and
 its numerics are those of ComfyUI and A1111, which merge too. The price is keeping the originals of the touched
 parameters (only those, on the CPU) so that removal is bit-exact in every dtype. A `Patcher` owns one model's
-originals and its active deltas; a touched parameter is always recomputed as original + the sum of the active
-deltas (in fp32, then cast), so adapters stack and come off in any order with the same bits.
+originals and its active deltas (use one per model); a touched parameter is always recomputed as original + the
+active deltas in the order they were added (in fp32, then cast), so adapters stack, can come off in any order,
+and the last removal restores the original bits.
 """
 
 from __future__ import annotations
@@ -148,9 +149,11 @@ class Patcher:
         self.active[token] = (dict(deltas), strength)
         try:
             self._refresh(deltas)
-        except RuntimeError as e:  # a factor whose shape does not fit the weight
+        except BaseException as e:  # a misfit factor, or Ctrl-C: leave the weights as they were
             self.remove(token)
-            raise CheckpointError(f"an adapter's shapes do not fit the model: {e}") from None
+            if isinstance(e, RuntimeError):
+                raise CheckpointError(f"an adapter's shapes do not fit the model: {e}") from None
+            raise
         return Handle([(self, token)])
 
     def remove(self, token: int) -> None:
@@ -172,9 +175,4 @@ class Patcher:
             for delta, strength in active:
                 w.add_(delta.weight(p.shape, p.device), alpha=strength)
             p.copy_(w)
-
-
-def apply(model: nn.Module, deltas: Mapping[str, Delta], strength: float = 1.0) -> Handle:
-    """Patch one adapter into `model`. To stack several on one model, use one `Patcher` for all of them."""
-    return Patcher(model).add(deltas, strength)
 

@@ -81,6 +81,9 @@ class Pipeline:
         except CheckpointError as e:
             handle.remove()
             raise CheckpointError(f"{name}: {e}") from None
+        except BaseException:
+            handle.remove()
+            raise
         return handle
 
     def preview(self, x0: Tensor, index: int = 0) -> Image.Image:

@@ -137,6 +137,11 @@ class TextualInversion(LoRATraining):
         self._base(cfg, data, device)
         if not cfg.ti_token.strip():
             raise ConfigError("--ti-token: give the placeholder word the captions use, e.g. --ti-token='<teal>'")
+        captions = getattr(data, "captions", None) or []
+        if not any(cfg.ti_token in c for c in captions):
+            raise ConfigError(f"--ti-token={cfg.ti_token!r} appears in none of the dataset's captions, so there would be "
+                              f"nothing to learn; caption the images with it (e.g. 'a photo of {cfg.ti_token}') in a "
+                              f"folder's metadata.jsonl or .txt files")
         init = self.tokenizer.tokenize(cfg.ti_init) if cfg.ti_init else []
         table = self.text.text_model.embeddings.token_embedding.weight.detach().float()
         rows = [table[init[i % len(init)]] if init else table.mean(0) for i in range(cfg.ti_vectors)]

@@ -85,9 +85,9 @@ def test_files_that_do_not_fit_name_the_problem(pipe, tmp_path):
     with pytest.warns(UserWarning, match=r"2 of its modules fit nothing .*lora_unet_not_a_layer"):
         h = lora_file(pipe, tmp_path / "x.safetensors", 5, extra={
             "lora_unet_not_a_layer.lora_down.weight": torch.zeros(2, 4), "lora_unet_not_a_layer.lora_up.weight": torch.zeros(4, 2),
-            "lora_unet_x.dora_scale": torch.zeros(4)})
+            "lora_unet_x.weird_tensor": torch.zeros(4)})
         handle = pipe.load_lora(h)
-    assert handle.unmatched == ("lora_unet_not_a_layer", "lora_unet_x.dora_scale")
+    assert handle.unmatched == ("lora_unet_not_a_layer", "lora_unet_x.weird_tensor")
     handle.remove()
     save_file({"lora_unet_down_blocks_9_x.lora_down.weight": torch.zeros(2, 4),
                "lora_unet_down_blocks_9_x.lora_up.weight": torch.zeros(4, 2)}, tmp_path / "other.safetensors")
@@ -106,3 +106,31 @@ def test_files_that_do_not_fit_name_the_problem(pipe, tmp_path):
     save_file({f"{name}.lora_down.weight": torch.zeros(2, 5)}, tmp_path / "half.safetensors")
     with pytest.raises(CheckpointError, match="lacks its up tensor"):
         pipe.load_lora(tmp_path / "half.safetensors")
+    save_file({f"{name}.lokr_w1": torch.zeros(2, 2), f"{name}.lokr_w2_a": torch.zeros(16, 2)}, tmp_path / "lokr.safetensors")
+    with pytest.raises(CheckpointError, match="lacks its w2b tensor"):
+        pipe.load_lora(tmp_path / "lokr.safetensors")
+    lora_file(pipe, tmp_path / "dora.safetensors", 6, extra={
+        "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.dora_scale": torch.ones(1, 32)})
+    with pytest.raises(CheckpointError, match="is a DoRA .*use a plain LoRA"):
+        pipe.load_lora(tmp_path / "dora.safetensors")
+    assert same(before, weights(pipe)) == []
+
+
+def test_old_diffusers_spellings(pipe, tmp_path):
+    """diffusers' first LoRAs (`...attn1.processor.to_q_lora.down`, `...self_attn.to_q_lora.down`) are kohya's."""
+    g = torch.Generator().manual_seed(8)
+    cases = [("text_model.encoder.layers.1.self_attn.q_proj", "lora_te_text_model_encoder_layers_1_self_attn_q_proj",
+              "text_encoder.text_model.encoder.layers.1.self_attn.to_q_lora", 64, pipe.text.encoders[0].model),
+             ("input_blocks.1.1.transformer_blocks.0.attn1.to_q", "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q",
+              "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora", 32, pipe.unet)]
+    for param, kohya, old, width, model in cases:
+        down, up = torch.randn(2, width, generator=g), torch.randn(width, 2, generator=g)
+        save_file({f"{kohya}.lora_down.weight": down, f"{kohya}.lora_up.weight": up}, tmp_path / "kohya.safetensors")
+        save_file({f"{old}.down.weight": down, f"{old}.up.weight": up}, tmp_path / "old.safetensors")
+        got = []
+        for f in ("kohya", "old"):
+            h = pipe.load_lora(tmp_path / f"{f}.safetensors")
+            assert not h.unmatched
+            got.append(model.state_dict()[f"{param}.weight"].clone())
+            h.remove()
+        assert torch.equal(got[0], got[1]) and not torch.equal(got[0], model.state_dict()[f"{param}.weight"])

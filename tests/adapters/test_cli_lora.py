@@ -44,3 +44,5 @@ def test_lora_flag(models, tmp_path, capsys):
     assert main(["generate", "x", "--models-dir", str(models), "--model", "tiny", "--lora", "nope:1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --lora 'nope' not found") and "fox" not in err.split("(there:")[0] and err.count("\n") == 1
+    assert main(["generate", "x", "--models-dir", str(models), "--model", "tiny", "--lora", "fox:nan"]) == 2
+    assert "must be a finite number" in capsys.readouterr().err

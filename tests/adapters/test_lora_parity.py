@@ -126,8 +126,9 @@ def test_sd1_lora_matches_diffusers(sd1, tmp_path, layout, strength):  # noqa: F
     check(sd1, path, strength)
 
 
+@pytest.mark.parametrize("strength", [0.5, 1.0])
 @pytest.mark.parametrize("layout", ["kohya", "kohya_sgm", "peft"])
-def test_sdxl_lora_matches_diffusers(sdxl, tmp_path, layout):  # noqa: F811
+def test_sdxl_lora_matches_diffusers(sdxl, tmp_path, layout, strength):  # noqa: F811
     ref, pipe = sdxl
     path = tmp_path / f"{layout}.safetensors"
     if layout == "peft":
@@ -138,4 +139,4 @@ def test_sdxl_lora_matches_diffusers(sdxl, tmp_path, layout):  # noqa: F811
             ldm = {d.removesuffix(".weight"): n.removesuffix(".weight")
                    for d, n in sd_unet.diffusers_to_ldm(pipe.unet.cfg).items() if d.endswith(".weight")}
         kohya_file(ref, path, ldm_names=ldm, te_prefixes=("lora_te1_", "lora_te2_"))
-    check(sdxl, path, 0.5)
+    check(sdxl, path, strength)

@@ -21,10 +21,13 @@ CASES = {  # name -> (config class, kwargs); LoKr rank 2 keeps every w2 low rank
 }
 
 
-def inject(model, case, targets, seed):
+def inject(model, case, targets, seed, strength):
     cls, kw = CASES[case]
     config = getattr(peft, cls)(target_modules=list(targets), **kw)
     model = peft.inject_adapter_in_model(config, model, adapter_name="default")
+    for module in model.modules():
+        if isinstance(module, peft.tuners.lycoris_utils.LycorisLayer):
+            module.set_scale("default", strength)  # scaling = strength * alpha / r
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -56,16 +59,17 @@ def base(sd1):  # noqa: F811
     return outputs(ref, pipe, False), {k: v.clone() for k, v in ref.unet.state_dict().items()}
 
 
+@pytest.mark.parametrize("strength", [0.5, 1.0])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_lycoris_matches_peft(sd1, base, tmp_path, case):  # noqa: F811
+def test_lycoris_matches_peft(sd1, base, tmp_path, case, strength):  # noqa: F811
     ref, pipe = sd1
     unet_targets = UNET_LINEAR + (("conv1", "conv2") if case.startswith("loha") else ())
-    inject(ref.unet, case, unet_targets, 1)
-    inject(ref.text_encoder, case, TEXT, 2)
+    inject(ref.unet, case, unet_targets, 1, strength)
+    inject(ref.text_encoder, case, TEXT, 2, strength)
     try:
         path = lycoris_file([("lora_unet_", ref.unet), ("lora_te_", ref.text_encoder)], tmp_path / f"{case}.safetensors",
                             CASES[case][1]["alpha"])
-        handle = pipe.load_lora(path)
+        handle = pipe.load_lora(path, strength, strength)
         assert not handle.unmatched
         for (want, got), (b, _) in zip(outputs(ref, pipe, False), base[0]):
             assert (want - b).abs().max() > 10 * TOL  # PEFT's adapter is live, so the check can fail

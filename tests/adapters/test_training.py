@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 import athena
 from athena.checkpoints.convert import to_diffusers
 from athena.checkpoints.load import open_checkpoint
+from athena.errors import ConfigError
 from athena.pipelines.pipeline import bundled_model
 from athena.training.config import TrainConfig
 from athena.training.loop import train
@@ -78,3 +79,10 @@ def test_text_encoder_lora_and_a_small_folder(tmp_path):
     handle = pipe.load_lora(path, 1.0, 1.0)
     assert not handle.unmatched
     assert (pipe.encode_prompt("a red star on a blue background").context - before).abs().max() > 0
+
+
+def test_textual_inversion_needs_the_token_in_the_captions(tmp_path):
+    cfg = TrainConfig(task="ti", dataset=str(write_star_folder(tmp_path / "data", 4)), out=str(tmp_path / "run"),
+                      steps=2, ti_token="<teal>", **FAST)
+    with pytest.raises(ConfigError, match="appears in none of the dataset's captions"):
+        train(cfg, quiet=True)
