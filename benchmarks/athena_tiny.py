@@ -6,7 +6,8 @@
 For each of --n random captions `a {fg} {item} on a {bg} background` (one seed each, default sampler, steps and
 cfg), the script reads back from the image:
 - the background colour: the palette colour nearest to the median of the 2-pixel border;
-- the item colour: the palette colour nearest to the mean of the pixels that differ most from the background;
+- the item colour: the palette colour P whose segment bg + c * (P - bg), c in [0, 1] (how fashion-colors paints an
+  item) fits the pixels that differ from the background best, in least squares;
 - the item class: the project's Fashion-MNIST classifier on the item's coverage map (its mask), scaled back to
   the 28x28 frame.
 The same analysis on real fashion-colors test images is printed first, as the analyser's own ceiling. Time per
@@ -49,21 +50,39 @@ def nearest(rgb: np.ndarray) -> int:
     return int(((PALETTE - rgb) ** 2).sum(1).argmin())
 
 
+def item_colour(img: np.ndarray, bg: np.ndarray, bg_id: int) -> int:
+    """The palette colour P (not the background's) that best explains the item: fashion-colors paints each pixel
+    as bg + c * (P - bg) with coverage c in [0, 1], so every pixel is fitted on that segment for every P and the
+    colour with the least squared residual over the pixels that differ from the background wins."""
+    d = (img - bg).reshape(-1, 3)
+    far = np.linalg.norm(d, axis=1)
+    d = d[far >= max(30.0, 0.3 * far.max())]
+    best, best_res = 0, np.inf
+    for k, colour in enumerate(PALETTE):
+        if k == bg_id:
+            continue
+        v = colour - bg
+        c = (d @ v / max(float(v @ v), 1e-6)).clip(0, 1)
+        res = float(((d - c[:, None] * v) ** 2).sum())
+        if res < best_res:
+            best, best_res = k, res
+    return best
+
+
 def analyse(img: np.ndarray) -> tuple[int, int, np.ndarray]:
     """(background colour id, item colour id, 28x28 coverage in [0, 1]) of a 64x64 RGB image (0..255)."""
     border = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3), img[:, :2].reshape(-1, 3),
                              img[:, -2:].reshape(-1, 3)])
     bg = np.median(border, axis=0)
-    dist = np.linalg.norm(img - bg, axis=-1)
-    top = dist >= 0.6 * np.percentile(dist, 99)
-    fg = img[top].mean(0)
-    direction = fg - bg
+    bg_id = nearest(bg)
+    fg_id = item_colour(img, bg, bg_id)
+    direction = PALETTE[fg_id] - bg
     cover = ((img - bg) @ direction / max(float(direction @ direction), 1e-6)).clip(0, 1)
     # the item was drawn 48 px wide for a 28 px frame: scale by 28/48 and take the central 28x28
     side = round(img.shape[0] * 28 / 48)
     small = np.asarray(Image.fromarray((cover * 255).astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR))
     o = (side - 28) // 2
-    return nearest(bg), nearest(fg), small[o:o + 28, o:o + 28].astype(np.float32) / 255
+    return bg_id, fg_id, small[o:o + 28, o:o + 28].astype(np.float32) / 255
 
 
 @torch.no_grad()
