@@ -75,14 +75,14 @@ class Pipeline:
         handle = Handle(unmatched=tuple(unmatched))
         try:
             for component, deltas in parts.items():
-                patcher = self.patchers.setdefault(component, Patcher(models[component]))
+                if component not in self.patchers:
+                    self.patchers[component] = Patcher(models[component])
                 strength = model_strength if component == "unet" else clip_strength
-                handle.entries += patcher.add(deltas, strength).entries
-        except CheckpointError as e:
+                handle.entries += self.patchers[component].add(deltas, strength).entries
+        except BaseException as e:  # a misfit in a later component, or Ctrl-C: undo the earlier ones
             handle.remove()
-            raise CheckpointError(f"{name}: {e}") from None
-        except BaseException:
-            handle.remove()
+            if isinstance(e, CheckpointError):
+                raise CheckpointError(f"{name}: {e}") from None
             raise
         return handle
 
