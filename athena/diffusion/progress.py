@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor
 
-from athena.errors import Cancelled
+from athena.cancel import CancelToken  # noqa: F401  (re-exported: samplers take it from here)
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x (B,C,H,W), sigma (B,)) -> x0 estimate
 
@@ -24,21 +23,3 @@ class Step:
 
 
 StepCallback = Callable[[Step], None]
-
-
-class CancelToken:
-    """Set from any thread; the sampling loop checks it at every step and stops with `Cancelled`."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
-            raise Cancelled("cancelled")

@@ -1,0 +1,3 @@
+"""Placeholder: filled in by the node library work."""
+
+NODES: tuple = ()
