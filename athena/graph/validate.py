@@ -83,41 +83,31 @@ def check(prompt: dict[str, Any], registry: Registry, services: Any = None,
         errors.append(NodeError(None, "prompt_no_outputs", "the prompt has no output node (SaveImage, PreviewImage, "
                                 "...); add one so that something is produced"))
         return Checked([], errors, {})
-    state: dict[str, bool] = {}  # node -> valid, once finished
-    visiting: set[str] = set()
+    reachable: set[str] = set(outputs)
+    for out in outputs:
+        reachable |= ancestors(out, nodes)
     constants: dict[str, dict[str, Any]] = {}
-    node_errors: dict[str, list[NodeError]] = {}
-
-    def visit(nid: str) -> bool:
-        if nid in state:
-            return state[nid]
-        if nid in visiting:
-            return False  # reported by the cycle check below
-        visiting.add(nid)
-        errs, ok_parents = check_node(nid, nodes[nid], nodes, registry, services, constants), True
-        for name, value in nodes[nid].get("inputs", {}).items():
-            if is_link(value) and str(value[0]) in nodes and not visit(str(value[0])):
-                ok_parents = False
-        visiting.discard(nid)
-        node_errors[nid] = errs
-        state[nid] = not errs and ok_parents
-        return state[nid]
-
+    node_errors = {nid: check_node(nid, nodes[nid], nodes, registry, services, constants)
+                   for nid in sorted(reachable, key=_order)}
     cycle = find_cycle(nodes, outputs)
     for nid in cycle:
         errors.append(NodeError(nid, "dependency_cycle", f"node {nid} depends on itself through "
                                 f"{' -> '.join(cycle)}; break the loop", class_type=nodes[nid]["class_type"]))
     good, dependent = [], {}
     for out in outputs:
-        ok = visit(out) and not (set(cycle) & ancestors(out, nodes))
-        if ok:
+        above = ancestors(out, nodes) | {out}
+        broken = [a for a in above if node_errors.get(a) or a in cycle]
+        if not broken:
             good.append(out)
-        for a in ancestors(out, nodes) | {out}:
-            if node_errors.get(a) or a in cycle:
-                dependent.setdefault(a, []).append(out)
-    for nid, errs in node_errors.items():
+        for a in broken:
+            dependent.setdefault(a, []).append(out)
+    for errs in node_errors.values():
         errors.extend(errs)
     return Checked(good, errors, constants, dependent)
+
+
+def _order(nid: str) -> tuple[int, str]:
+    return (0, f"{int(nid):012d}") if nid.isdigit() else (1, nid)
 
 
 def check_node(nid: str, spec: dict[str, Any], nodes: dict[str, dict[str, Any]], registry: Registry, services: Any,
@@ -178,11 +168,11 @@ def convert(inp: Input, value: Any, services: Any, err: Any) -> Any:
     """A constant converted to the input's type and checked against its bounds and options, or `_BAD`."""
     kind = inp.type
     if kind not in WIDGETS:
-        if isinstance(value, (list, dict)) or value is None:
+        if kind != "*":
             err("invalid_input_type", inp, f"{inp.name!r} takes a {kind} link from another node, not the constant "
                 f"{str(value)[:60]!r}", value)
             return _BAD
-        return value  # a constant for a custom type; the node decides
+        return value  # "*" takes anything
     try:
         if isinstance(value, (list, dict)):
             raise TypeError
@@ -236,29 +226,34 @@ def ancestors(nid: str, nodes: dict[str, dict[str, Any]]) -> set[str]:
 
 
 def find_cycle(nodes: dict[str, dict[str, Any]], roots: list[str]) -> list[str]:
-    """The nodes of one dependency cycle reachable from `roots`, in order, or []."""
+    """The nodes of one dependency cycle reachable from `roots`, in order, or [] (iterative: graphs run deep)."""
     colour: dict[str, int] = {}
-    path: list[str] = []
-
-    def dfs(n: str) -> list[str]:
-        colour[n] = 1
-        path.append(n)
-        for value in nodes[n].get("inputs", {}).values():
-            if not (is_link(value) and str(value[0]) in nodes):
+    for root in roots:
+        if root in colour:
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, list[str]]] = [(root, parents(root, nodes))]
+        colour[root] = 1
+        path.append(root)
+        while stack:
+            nid, todo = stack[-1]
+            if not todo:
+                colour[nid] = 2
+                stack.pop()
+                path.pop()
                 continue
-            m = str(value[0])
+            m = todo.pop()
             if colour.get(m) == 1:
                 return path[path.index(m):]
-            if m not in colour and (found := dfs(m)):
-                return found
-        colour[n] = 2
-        path.pop()
-        return []
-
-    for r in roots:
-        if r not in colour and (found := dfs(r)):
-            return found
+            if m not in colour:
+                colour[m] = 1
+                path.append(m)
+                stack.append((m, parents(m, nodes)))
     return []
+
+
+def parents(nid: str, nodes: dict[str, dict[str, Any]]) -> list[str]:
+    return [str(v[0]) for v in nodes[nid].get("inputs", {}).values() if is_link(v) and str(v[0]) in nodes]
 
 
 def comfy_node_errors(checked: Checked, prompt: dict[str, Any]) -> dict[str, Any]:
