@@ -114,6 +114,7 @@ class _Run:
         self.outputs = outputs
         self.constants = constants
         self.sigs: dict[str, str] = {}
+        self._links: dict[str, list[tuple[str, str, int, bool]]] = {}
         self.values: dict[str, list[list[Any]]] = {}
         self.waiting: dict[str, set[str]] = {}  # staged node -> parents not yet available
         self.children: dict[str, set[str]] = {}  # parent -> staged nodes waiting on it
@@ -140,15 +141,16 @@ class _Run:
 
     def links(self, nid: str, *, lazy: bool = True) -> list[tuple[str, str, int]]:
         """(input name, parent, output index) of each link; lazy inputs only if `lazy` or requested."""
-        schema = self.reg[self.nodes[nid]["class_type"]].schema
-        asked = self.requested.get(nid, set())
-        out = []
-        for name, v in self.nodes[nid].get("inputs", {}).items():
-            if is_link(v):
-                inp = schema.by_name.get(name)
-                if lazy or inp is None or not inp.lazy or name in asked:
-                    out.append((name, str(v[0]), int(v[1])))
-        return out
+        parsed = self._links.get(nid)
+        if parsed is None:
+            schema = self.reg[self.nodes[nid]["class_type"]].schema
+            parsed = self._links[nid] = [
+                (name, str(v[0]), int(v[1]), bool(schema.by_name[name].lazy) if name in schema.by_name else False)
+                for name, v in self.nodes[nid].get("inputs", {}).items() if is_link(v)]
+        if lazy:
+            return [(n, p, i) for n, p, i, _ in parsed]
+        asked = self.requested.get(nid, ())
+        return [(n, p, i) for n, p, i, is_lazy in parsed if not is_lazy or n in asked]
 
     def signature(self, root: str) -> str:
         """The cache key of `root`, computed iteratively (graphs may be thousands of nodes deep)."""
