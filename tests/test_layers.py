@@ -6,17 +6,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "athena"
-# package -> athena packages it may import
+# package -> athena packages it may import (errors and cancel are leaf modules that everything may use)
 ALLOWED = {
-    "models": {"errors", "models"},
-    "diffusion": {"errors", "diffusion"},
-    "text": {"errors", "text"},
-    "media": {"errors", "media"},
-    "checkpoints": {"errors", "models", "checkpoints"},
-    "graph": {"errors", "graph"},
-    "pipelines": {"errors", "models", "diffusion", "checkpoints", "text", "media", "pipelines"},
-    "training": {"errors", "models", "diffusion", "checkpoints", "text", "media", "pipelines", "training"},
-    "nodes": {"errors", "graph", "pipelines", "nodes", "models", "diffusion", "checkpoints", "text", "media"},
+    "models": {"errors", "cancel", "models"},
+    "diffusion": {"errors", "cancel", "diffusion"},
+    "text": {"errors", "cancel", "text"},
+    "media": {"errors", "cancel", "media"},
+    "checkpoints": {"errors", "cancel", "models", "checkpoints"},
+    "graph": {"errors", "cancel", "graph"},
+    "pipelines": {"errors", "cancel", "models", "diffusion", "checkpoints", "text", "media", "pipelines"},
+    "training": {"errors", "cancel", "models", "diffusion", "checkpoints", "text", "media", "pipelines", "training"},
+    "nodes": {"errors", "cancel", "graph", "pipelines", "nodes", "models", "diffusion", "checkpoints", "text", "media"},
 }
 
 

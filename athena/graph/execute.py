@@ -36,7 +36,7 @@ from athena.errors import AthenaError, Cancelled
 from athena.graph import events as ev
 from athena.graph.cache import Cache, Entry, LastRun, nbytes
 from athena.graph.node import Context, ExecutionBlocker, NodeOutput, Registry
-from athena.graph.validate import NodeError, check, check_node, is_link
+from athena.graph.validate import NodeError, order_key, check, check_node, is_link
 
 
 class NodeFailed(AthenaError):
@@ -192,16 +192,22 @@ class _Run:
     # ---------------------------------------------------------------- planning
 
     def plan(self) -> set[str]:
-        """Stage the outputs (pulling uncached ancestors) and return every signature of the prompt."""
-        for out in self.outputs:
-            self.stage(out)
-        self.emit(ev.ExecutionCached(self.pid, tuple(self.cached)))
-        reachable, todo = set(self.outputs), list(self.outputs)
+        """Stage the outputs (pulling uncached ancestors), report every cached node of the prompt as ComfyUI does,
+        and return the prompt's signatures."""
+        reachable, todo = list(self.outputs), list(self.outputs)
+        seen = set(reachable)
         while todo:
             for _, parent, _ in self.links(todo.pop()):
-                if parent not in reachable and parent in self.nodes:
-                    reachable.add(parent)
+                if parent not in seen and parent in self.nodes:
+                    seen.add(parent)
+                    reachable.append(parent)
                     todo.append(parent)
+        for out in self.outputs:
+            self.stage(out)
+        staged = set(self.cached)
+        self.cached += [n for n in reachable if n not in staged and n not in self.waiting
+                        and self.ex.cache.get(self.signature(n)) is not None]
+        self.emit(ev.ExecutionCached(self.pid, tuple(sorted(self.cached, key=order_key))))
         return {self.signature(n) for n in reachable}
 
     def stage(self, root: str) -> None:

@@ -7,11 +7,12 @@ whose ancestry holds an error are dropped and the others still run, as in ComfyU
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from athena.graph.node import Registry
+from athena.graph.node import Node, Registry
 from athena.graph.schema import WIDGETS, Input, types_match
 
 Code = Literal["required_input_missing", "bad_linked_input", "return_type_mismatch", "invalid_input_type",
@@ -88,7 +89,7 @@ def check(prompt: dict[str, Any], registry: Registry, services: Any = None,
         reachable |= ancestors(out, nodes)
     constants: dict[str, dict[str, Any]] = {}
     node_errors = {nid: check_node(nid, nodes[nid], nodes, registry, services, constants)
-                   for nid in sorted(reachable, key=_order)}
+                   for nid in sorted(reachable, key=order_key)}
     cycle = find_cycle(nodes, outputs)
     for nid in cycle:
         errors.append(NodeError(nid, "dependency_cycle", f"node {nid} depends on itself through "
@@ -106,7 +107,7 @@ def check(prompt: dict[str, Any], registry: Registry, services: Any = None,
     return Checked(good, errors, constants, dependent)
 
 
-def _order(nid: str) -> tuple[int, str]:
+def order_key(nid: str) -> tuple[int, str]:
     return (0, f"{int(nid):012d}") if nid.isdigit() else (1, nid)
 
 
@@ -119,6 +120,7 @@ def check_node(nid: str, spec: dict[str, Any], nodes: dict[str, dict[str, Any]],
         return [NodeError(nid, "invalid_prompt", "inputs must be an object of name -> value", class_type=ctype)]
     errs: list[NodeError] = []
     clean: dict[str, Any] = {}
+    own = custom_checked(cls)  # inputs the node's validate_inputs checks itself (ComfyUI skips their list check)
 
     def err(code: Code, inp: Input, message: str, received: Any = None) -> None:
         errs.append(NodeError(nid, code, message, inp.name, ctype,
@@ -146,7 +148,7 @@ def check_node(nid: str, spec: dict[str, Any], nodes: dict[str, dict[str, Any]],
                 err("return_type_mismatch", inp, f"{inp.name!r} takes {inp.type} but node {src} output {value[1]} "
                     f"gives {given}", given)
             continue
-        converted = convert(inp, value, services, err)
+        converted = value if inp.name in own and not is_link(value) else convert(inp, value, services, err)
         if converted is not _BAD:
             clean[inp.name] = converted
     if not errs:
@@ -162,6 +164,15 @@ def check_node(nid: str, spec: dict[str, Any], nodes: dict[str, dict[str, Any]],
 
 
 _BAD = object()
+
+
+def custom_checked(cls: Any) -> set[str]:
+    """The inputs named in a node's own `validate_inputs` signature; as in ComfyUI, the schema's checks skip them."""
+    fn = getattr(cls, "validate_inputs", None)
+    if fn is None or getattr(fn, "__func__", None) is getattr(Node.validate_inputs, "__func__", None):
+        return set()
+    params = inspect.signature(fn).parameters
+    return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "services"}
 
 
 def convert(inp: Input, value: Any, services: Any, err: Any) -> Any:
