@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from athena.cancel import CancelToken  # noqa: F401  (re-exported: samplers take it from here)
+from athena.cancel import CancelToken as CancelToken  # re-exported: samplers and callers take it from here
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x (B,C,H,W), sigma (B,)) -> x0 estimate
 

@@ -110,7 +110,7 @@ class _Run:
         self.ex, self.reg, self.pid, self.sink, self.cancel, self.pnginfo = ex, ex.registry, pid, sink, cancel, pnginfo
         self.prompt = prompt
         self.nodes: dict[str, dict[str, Any]] = {str(k): v for k, v in prompt.items()
-                                                 if isinstance(v, dict) and v.get("class_type") in ex.registry}
+                                                 if isinstance(v, dict) and str(v.get("class_type")) in ex.registry}
         self.outputs = outputs
         self.constants = constants
         self.sigs: dict[str, str] = {}
@@ -261,7 +261,7 @@ class _Run:
             if not self.tasks:
                 stuck = sorted(self.waiting)
                 raise NodeFailed(self.failure(stuck[0], f"nothing can run: nodes {stuck[:10]} wait on each other "
-                                              f"(a dependency cycle created at run time)", "DependencyCycleError", []))
+                                              f"(a dependency cycle created at run time)", "DependencyCycleError", {}))
             done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 del self.tasks[task]

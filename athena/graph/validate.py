@@ -94,7 +94,8 @@ def check(prompt: dict[str, Any], registry: Registry, services: Any = None,
     for nid in cycle:
         errors.append(NodeError(nid, "dependency_cycle", f"node {nid} depends on itself through "
                                 f"{' -> '.join(cycle)}; break the loop", class_type=nodes[nid]["class_type"]))
-    good, dependent = [], {}
+    good: list[str] = []
+    dependent: dict[str, list[str]] = {}
     for out in outputs:
         above = ancestors(out, nodes) | {out}
         broken = [a for a in above if node_errors.get(a) or a in cycle]

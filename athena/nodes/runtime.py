@@ -79,7 +79,7 @@ class ModelCache:
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
-                return hit  # type: ignore[no-any-return]
+                return hit
             value = load()
             self.loads += 1
             self._items[key] = value

@@ -8,7 +8,11 @@
 | LATENT | dict: "samples" (B, C, h, w), the raw VAE latent as in ComfyUI; optional "noise_mask", "batch_index" |
 | IMAGE | (B, H, W, 3) float32 in [0, 1], channels last, as in ComfyUI |
 | MASK | (B, H, W) float32 in [0, 1], 1 = repaint |
-| CONDITIONING | tuple of `athena.nodes.conditioning.CondEntry` |
+| CONDITIONING | tuple of `athena.nodes.conditioning.CondEntry` (= `athena.pipelines.entries.CondEntry`) |
+| SIGMAS | 1-D float tensor, high to low, usually ending at 0 |
+| SAMPLER | `SamplerRef` |
+| NOISE | `NoiseSource` |
+| GUIDER | `Guider` |
 
 Values are never changed in place: a cached result may feed several nodes and later runs. Patches are recorded on
 a new `Model`/`Clip` and applied only while a sampler or encoder uses them.
@@ -53,3 +57,28 @@ class Vae:
     vae: AutoencoderKL
     scale: float
     shift: float = 0.0
+
+
+@dataclass(frozen=True)
+class SamplerRef:
+    """A sampler by its ComfyUI name (KSamplerSelect)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class NoiseSource:
+    """The initial noise: drawn from `seed` (RandomNoise), or none at all (DisableNoise)."""
+
+    seed: int = 0
+    add: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Guider:
+    """A model with its conditioning and CFG scale (CFGGuider; BasicGuider has no negative and scale 1)."""
+
+    model: Model
+    positive: tuple[Any, ...]
+    negative: tuple[Any, ...] = ()
+    cfg: float = 1.0

@@ -17,7 +17,7 @@ Windows are encoded independently and joined along the sequence; the pooled outp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -66,6 +66,11 @@ class Conditioning:
             return t if t is None or t.shape[0] == batch else t.expand(batch, *t.shape[1:])
         return Conditioning(rep(self.context), rep(self.y), rep(self.pooled), rep(self.concat))  # type: ignore[arg-type]
 
+    def crop(self, rows: slice, cols: slice) -> Conditioning:
+        """This conditioning for an area of the latent (regional prompts): the inpainting concat is cut to it."""
+        concat = None if self.concat is None else self.concat[..., rows, cols]
+        return Conditioning(self.context, self.y, self.pooled, concat)
+
     def cat(self, other: Conditioning) -> Conditioning:
         """Batch-concatenate (for one CFG forward). Contexts of different lengths (a long prompt and a short one) are
         repeated to their least common multiple of 77-token windows, as ComfyUI does; attention over the repeated
@@ -100,16 +105,26 @@ class PromptEncoder:
         self.embeddings_dir = embeddings_dir
         self.loaded: dict[str, dict[str, Tensor]] = {}
 
-    def encode(self, text: str, *, clip_skip: int | None = None, weighting: Weighting = "comfy") -> tuple[Tensor, Tensor | None]:
-        """(context (1, 77k, D), pooled (1, P) or None). `clip_skip` is ComfyUI's `stop_at_clip_layer` (-1, -2, ...)."""
+    def encode(self, text: str | Mapping[str, str], *, clip_skip: int | None = None,
+               weighting: Weighting = "comfy") -> tuple[Tensor, Tensor | None]:
+        """(context (1, 77k, D), pooled (1, P) or None). `clip_skip` is ComfyUI's `stop_at_clip_layer` (-1, -2, ...).
+        `text` may map encoder names to their own prompts (SDXL's text_l / text_g); an encoder whose prompt needs
+        fewer 77-token windows is padded with windows of the empty prompt, as ComfyUI does."""
         if weighting not in ("comfy", "a1111"):
             raise ConfigError(f"weighting {weighting!r} is not 'comfy' or 'a1111'")
         if clip_skip is not None and clip_skip >= 0:
             raise ConfigError(f"clip_skip={clip_skip}: use -1 (last layer), -2 (penultimate), ... as ComfyUI's CLIPSetLastLayer")
         contexts, pooled = [], None
         for enc in self.encoders:
-            context, pooled = self._encode_one(enc, text, clip_skip, weighting)
+            context, pooled = self._encode_one(enc, text if isinstance(text, str) else text.get(enc.spec.name, ""),
+                                               clip_skip, weighting)
             contexts.append(context)
+        if not isinstance(text, str):
+            longest = max(c.shape[1] for c in contexts)
+            for i, (enc, c) in enumerate(zip(self.encoders, contexts)):
+                if c.shape[1] < longest:
+                    empty = self._encode_one(enc, "", clip_skip, weighting)[0]
+                    contexts[i] = torch.cat([c] + [empty] * ((longest - c.shape[1]) // empty.shape[1]), dim=1)
         lengths = {c.shape[1] for c in contexts}
         if len(lengths) > 1:
             raise ConfigError(f"the text encoders split this prompt into different numbers of windows ({sorted(lengths)}); "
@@ -182,7 +197,7 @@ def size_ids(family: str, *, width: int, height: int, crop: tuple[int, int] = (0
     return torch.tensor([[oh, ow, crop[0], crop[1], th, tw]], dtype=torch.float32)
 
 
-def conditioning(family: str, encoder: PromptEncoder, text: str, *, clip_skip: int | None = None,
+def conditioning(family: str, encoder: PromptEncoder, text: str | Mapping[str, str], *, clip_skip: int | None = None,
                  weighting: Weighting = "comfy", sizes: Callable[[], Tensor] | None = None) -> Conditioning:
     context, pooled = encoder.encode(text, clip_skip=clip_skip, weighting=weighting)
     if not family.startswith("sdxl"):

@@ -18,7 +18,8 @@ from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
-from athena.diffusion.progress import CancelToken, Step
+from athena.cancel import CancelToken
+from athena.diffusion.progress import Step
 from athena.diffusion.samplers import SAMPLERS
 from athena.diffusion.schedules import SCHEDULERS
 from athena.errors import ConfigError

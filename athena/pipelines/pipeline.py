@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,8 @@ class Pipeline:
                 if component not in self.patchers:
                     self.patchers[component] = Patcher(models[component])
                 strength = model_strength if component == "unet" else clip_strength
+                if strength == 0:  # leaves the weights as they are; skipping it saves the patch and the restore
+                    continue
                 handle.entries += self.patchers[component].add(deltas, strength).entries
         except BaseException as e:  # a misfit in a later component, or Ctrl-C: undo the earlier ones
             handle.remove()
@@ -94,7 +97,7 @@ class Pipeline:
             self.latent_rgb = fit_latent_rgb(self.vae, self.family.latent_scale, self.family.latent_shift)
         return preview(self.latent_rgb, x0, index)
 
-    def encode_prompt(self, text: str, *, clip_skip: int | None = None, weighting: Weighting = "comfy",
+    def encode_prompt(self, text: str | Mapping[str, str], *, clip_skip: int | None = None, weighting: Weighting = "comfy",
                       width: int = 1024, height: int = 1024, crop: tuple[int, int] = (0, 0),
                       original_size: tuple[int, int] | None = None, target_size: tuple[int, int] | None = None,
                       aesthetic_score: float = 6.0) -> Conditioning:
@@ -144,3 +147,11 @@ def load(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.d
     vae = ckpt.load_vae(device, dt) if ckpt.vae is not None else None
     text = text_encoders(ckpt, device, dt, Path(embeddings) if embeddings is not None else None)
     return Pipeline(ckpt.family, unet, vae, text, ckpt.path, resolution=ckpt.resolution)
+
+
+def load_vae(path: str | Path, *, device: torch.device | str = "cpu",
+             dtype: torch.dtype | str = torch.float32) -> tuple[AutoencoderKL, Family]:
+    """A standalone VAE file (or a checkpoint's VAE) and the family it belongs to (from its metadata; SD1.x when
+    the file does not say, since the latent scale cannot be read from the weights)."""
+    ckpt = open_checkpoint(path)
+    return ckpt.load_vae(device, dtype_of(dtype)), ckpt.family

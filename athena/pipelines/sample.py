@@ -13,10 +13,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from athena.cancel import CancelToken
 from athena.diffusion.denoisers import ModelSampling, Net, discrete_sampling
 from athena.diffusion.guidance import CFGDenoiser, cfg
-from athena.diffusion.progress import CancelToken, Denoiser, Step
-from athena.diffusion.samplers import DISCARD_PENULTIMATE, SAMPLERS
+from athena.diffusion.progress import Denoiser, Step
+from athena.diffusion.samplers import DISCARD_PENULTIMATE, SAMPLERS, Sampler
 from athena.diffusion.schedules import sigmas_for
 from athena.errors import ConfigError
 from athena.models.unet import UNet
@@ -81,12 +82,22 @@ def sample_latent(unet: UNet, positive: Conditioning, negative: Conditioning, la
     ms = sampling or model_sampling(unet)
     sigmas = schedule(ms, sampler, scheduler, steps, denoise).to(latent.device)
     noise = noise_for(tuple(latent.shape), seed).to(latent.device)
-    start = sigmas[0].expand(latent.shape[0])
-    max_denoise = math.isclose(float(sigmas[0]), ms.sigma_max, rel_tol=1e-5) or float(sigmas[0]) > ms.sigma_max
-    x = ms.noise(latent, noise, start, max_denoise=max_denoise)
     batch = latent.shape[0]
     guided: CFGDenoiser = cfg(ms.model(unet_net(unet)), positive.expand(batch), negative.expand(batch), guidance,
                               rescale=cfg_rescale)
+    return run_sampler(SAMPLERS[sampler], guided, ms, latent, noise, sigmas, seed=seed, mask=mask,
+                       callback=callback, cancel=cancel)
+
+
+def run_sampler(sampler: Sampler, guided: Denoiser, ms: ModelSampling, latent: Tensor, noise: Tensor, sigmas: Tensor,
+                *, seed: int, mask: Tensor | None = None, callback: Callable[[Step], None] | None = None,
+                cancel: CancelToken | None = None) -> Tensor:
+    """Run `sampler` with a prepared guided denoiser from `latent` noised by `noise` to `sigmas[0]` (zeros `noise`
+    for none): the part that `sample_latent` and the graph's samplers share."""
+    batch = latent.shape[0]
+    start = sigmas[0].expand(batch)
+    max_denoise = math.isclose(float(sigmas[0]), ms.sigma_max, rel_tol=1e-5) or float(sigmas[0]) > ms.sigma_max
+    x = ms.noise(latent, noise, start, max_denoise=max_denoise)
     denoiser: Denoiser = guided if mask is None else masked(guided, ms, latent, noise, mask)
 
     def step(s: Step) -> None:
@@ -96,7 +107,7 @@ def sample_latent(unet: UNet, positive: Conditioning, negative: Conditioning, la
             callback(s)
 
     # ComfyUI seeds the samplers' own noise afresh from the same seed (a separate generator from the initial noise).
-    x = SAMPLERS[sampler](denoiser, x, sigmas, generator=torch.Generator("cpu").manual_seed(seed), callback=step)
+    x = sampler(denoiser, x, sigmas, generator=torch.Generator("cpu").manual_seed(seed), callback=step)
     x = ms.inverse_noise(x, sigmas[-1].expand(batch))
     if mask is not None:
         x = x * mask + latent * (1 - mask)
