@@ -15,6 +15,7 @@ from athena.checkpoints.load import Checkpoint, open_checkpoint
 from athena.checkpoints.merge import merge
 from athena.checkpoints.safetensors import DTYPE_NAMES
 from athena.cli_generate import add_parser as add_generate
+from athena.cli_run import add_parser as add_run
 from athena.cli_train import add_train
 from athena.errors import AthenaError
 from athena.folders import default_dir
@@ -149,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     lst.add_argument("--models-dir")
     lst.set_defaults(fn=cmd_list)
     add_generate(sub)
+    add_run(sub)
     add_train(sub)
     return ap
 

@@ -179,6 +179,8 @@ def custom_checked(cls: Any) -> set[str]:
 def convert(inp: Input, value: Any, services: Any, err: Any) -> Any:
     """A constant converted to the input's type and checked against its bounds and options, or `_BAD`."""
     kind = inp.type
+    if isinstance(value, dict) and set(value) == {"__value__"}:  # the frontend boxes list-valued widgets
+        value = value["__value__"]
     if kind not in WIDGETS:
         if kind != "*":
             err("invalid_input_type", inp, f"{inp.name!r} takes a {kind} link from another node, not the constant "

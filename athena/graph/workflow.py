@@ -217,7 +217,7 @@ class Converter:
         for entry in node.get("inputs") or []:
             if not isinstance(entry, dict) or entry.get("link") is None:
                 continue
-            name = (entry.get("widget") or {}).get("name") or entry.get("name")
+            name = str((entry.get("widget") or {}).get("name") or entry.get("name"))
             got = self.resolve_link(scope, entry["link"], entry.get("type"), set())
             if isinstance(got, Source):
                 inputs[name] = [got.node, got.slot]
@@ -235,13 +235,14 @@ class Converter:
         proxies = (node.get("properties") or {}).get("proxyWidgets") or []
         values = node.get("widgets_values")
         if isinstance(values, list) and len(values) == len(proxies):
-            overrides = {(str(p[0]), str(p[1])): v for p, v in zip(proxies, values) if str(p[0]) != "-1"}
+            overrides = {(str(p[0]), str(p[1])): v for p, v in zip(proxies, values)
+                         if isinstance(p, list) and len(p) == 2 and str(p[0]) != "-1"}
         return make_scope(definition, path=(*scope.path, str(node["id"])), instance=node, parent=scope,
                           definition=definition, overrides=overrides)
 
     # -- links --
     def resolve_link(self, scope: Scope, link_id: Any, type: Any, seen: set[tuple[Any, ...]]) -> Resolved:
-        link = scope.links.get(int(link_id))
+        link = scope.links.get(link_id) if isinstance(link_id, int) else None
         if link is None:
             self.notes.append(f"link {link_id} in {'/'.join(scope.path) or 'the root graph'} does not exist; ignored")
             return None
@@ -314,7 +315,7 @@ class Converter:
         if proxies:
             if len(proxies) == len(values):
                 for p, v in zip(proxies, values):
-                    if str(p[0]) == "-1" and p[1] == name:
+                    if isinstance(p, list) and len(p) == 2 and str(p[0]) == "-1" and p[1] == name:
                         return True, v
             return False, None
         order = self.promoted_inputs(definition)

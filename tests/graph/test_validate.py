@@ -76,3 +76,9 @@ def test_constants_are_converted_as_comfyui_does():
     prompt = {"c": const("12"), "a": {"class_type": "Add", "inputs": {"a": ["c", 0], "b": 2.0}}, "o": out("a")}
     checked = check(prompt, registry())
     assert checked.errors == [] and checked.constants["c"] == {"value": 12} and checked.constants["a"] == {"b": 2}
+
+
+def test_boxed_widget_values_from_the_frontend_are_unwrapped():
+    prompt = {"c": {"class_type": "Const", "inputs": {"value": {"__value__": 3}}}, "o": out("c")}
+    checked = check(prompt, registry())
+    assert checked.errors == [] and checked.constants["c"] == {"value": 3}
