@@ -27,6 +27,7 @@ class Entry:
     outputs: list[list[Any]]  # per output, the list of values (list semantics)
     ui: dict[str, Any] | None
     size: int
+    parent: str | None = None  # for a sub-graph node: the signature of the node that expanded into it
 
 
 class Cache(Protocol):
@@ -80,7 +81,7 @@ class LastRun(LRU):
     """The last run's results only: at the start of a run, results that the new graph cannot use are dropped."""
 
     def begin(self, keys: set[str]) -> None:
-        for key in [k for k in self.items if k not in keys]:
+        for key in [k for k, e in self.items.items() if k not in keys and e.parent not in keys]:
             del self.items[key]
 
 

@@ -109,8 +109,9 @@ class _Run:
                  pnginfo: dict[str, Any]) -> None:
         self.ex, self.reg, self.pid, self.sink, self.cancel, self.pnginfo = ex, ex.registry, pid, sink, cancel, pnginfo
         self.prompt = prompt
-        self.nodes: dict[str, dict[str, Any]] = {str(k): v for k, v in prompt.items()
-                                                 if isinstance(v, dict) and str(v.get("class_type")) in ex.registry}
+        self.nodes: dict[str, dict[str, Any]] = {
+            str(k): v for k, v in prompt.items() if isinstance(v, dict) and str(v.get("class_type")) in ex.registry
+            and isinstance(v.get("inputs", {}), dict)}
         self.outputs = outputs
         self.constants = constants
         self.sigs: dict[str, str] = {}
@@ -130,6 +131,8 @@ class _Run:
         self.executed: list[str] = []
         self.cached: list[str] = []
         self.current: str | None = None
+        self.planned = False
+        self.early_executed: list[ev.Executed] = []  # cached outputs found while planning, reported after the plan
 
     def emit(self, event: Any) -> None:
         self.sink(event)
@@ -154,17 +157,20 @@ class _Run:
 
     def signature(self, root: str) -> str:
         """The cache key of `root`, computed iteratively (graphs may be thousands of nodes deep)."""
-        stack = [root]
+        stack, on_stack = [root], {root}
         while stack:
             nid = stack[-1]
             if nid in self.sigs:
                 stack.pop()
+                on_stack.discard(nid)
                 continue
-            missing = [p for _, p, _ in self.links(nid) if p not in self.sigs]
+            missing = [p for _, p, _ in self.links(nid) if p not in self.sigs and p in self.nodes and p not in on_stack]
             if missing:
                 stack.extend(missing)
+                on_stack.update(missing)
                 continue
             stack.pop()
+            on_stack.discard(nid)
             self.sigs[nid] = self._hash(nid)
         return self.sigs[root]
 
@@ -183,9 +189,9 @@ class _Run:
             parts.append(("id", nid))
         for name in sorted(spec.get("inputs", {})):
             v = spec["inputs"][name]
-            if is_link(v):
-                parts.append((name, self.sigs[str(v[0])], int(v[1])))
-            else:
+            if is_link(v):  # a link to a node that is not there (an invalid part of the prompt) still hashes
+                parts.append((name, self.sigs.get(str(v[0]), f"missing:{v[0]}"), int(v[1])))
+            elif name in cls.schema.by_name:  # undeclared constants (ComfyUI's "upload": "image") are ignored
                 parts.append((name, repr(consts.get(name, v))))
         return hashlib.sha256(repr(parts).encode()).hexdigest()
 
@@ -208,7 +214,11 @@ class _Run:
         self.cached += [n for n in reachable if n not in staged and n not in self.waiting
                         and self.ex.cache.get(self.signature(n)) is not None]
         self.emit(ev.ExecutionCached(self.pid, tuple(sorted(self.cached, key=order_key))))
-        return {self.signature(n) for n in reachable}
+        for event in self.early_executed:  # ComfyUI re-sends a cached output's UI result, so clients show it
+            self.emit(event)
+        self.planned = True
+        # every node of the prompt keeps its cached result (not only the targeted or valid outputs' ancestry)
+        return {self.signature(n) for n in self.nodes}
 
     def stage(self, root: str) -> None:
         """Make `root` available: from the cache, or by scheduling it and its missing ancestors."""
@@ -223,6 +233,7 @@ class _Run:
                 self.cached.append(nid)
                 if entry.ui:
                     self.ui[nid] = entry.ui
+                    self.report_cached(nid, entry.ui)
                 continue
             self.waiting[nid] = set()
             order.append(nid)
@@ -230,8 +241,21 @@ class _Run:
         for nid in order:  # parents are now cached values or staged nodes
             for _, parent, _ in self.links(nid, lazy=False):
                 self.need(nid, parent)
+            strong = {p for _, p, _ in self.links(nid, lazy=False)}
+            for _, parent, _ in self.links(nid):  # an undecided lazy input keeps its value alive until nid is done
+                if parent not in strong:
+                    self.consumers.setdefault(parent, set()).add(nid)
         for nid in order:
             self.wake(nid)
+
+    def report_cached(self, nid: str, ui: dict[str, Any]) -> None:
+        if not self.reg[self.nodes[nid]["class_type"]].schema.output_node:
+            return
+        event = ev.Executed(self.pid, nid, self.display.get(nid, nid), ui)
+        if self.planned:
+            self.emit(event)
+        else:
+            self.early_executed.append(event)
 
     def need(self, nid: str, parent: str) -> None:
         self.consumers.setdefault(parent, set()).add(nid)
@@ -257,21 +281,39 @@ class _Run:
                     await asyncio.sleep(0)
                 else:
                     await self.run_node(nid)
+                self.reap([t for t in self.tasks if t.done()])
                 continue
             if not self.tasks:
                 stuck = sorted(self.waiting)
                 raise NodeFailed(self.failure(stuck[0], f"nothing can run: nodes {stuck[:10]} wait on each other "
                                               f"(a dependency cycle created at run time)", "DependencyCycleError", {}))
             done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                del self.tasks[task]
-                task.result()  # re-raises a failure
+            self.reap(list(done))
+
+    def reap(self, done: list[asyncio.Task[Any]]) -> None:
+        """Forget finished async nodes; re-raise the first failure (every exception is retrieved)."""
+        failures = []
+        for task in done:
+            del self.tasks[task]
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())
+        if failures:
+            raise failures[0]  # type: ignore[misc]
 
     def cancel_tasks(self) -> None:
         for task in self.tasks:
             task.cancel()
 
     async def run_node(self, nid: str) -> None:
+        """Run `nid`; anything a node's own hooks raise (lazy status, expansion, results) fails the job cleanly."""
+        try:
+            await self._run_node(nid)
+        except (Cancelled, NodeFailed):
+            raise
+        except Exception as e:
+            raise NodeFailed(self.failure(nid, str(e) or type(e).__name__, type(e).__name__, {}, e)) from e
+
+    async def _run_node(self, nid: str) -> None:
         self.current = nid
         spec, cls = self.nodes[nid], self.reg[self.nodes[nid]["class_type"]]
         schema = cls.schema
@@ -315,12 +357,13 @@ class _Run:
     def gather(self, nid: str) -> dict[str, list[Any] | None]:
         """Each input as a list of values; a lazy input not computed (yet) is None."""
         consts = self.constants.get(nid, {})
+        declared = self.reg[self.nodes[nid]["class_type"]].schema.by_name
         out: dict[str, list[Any] | None] = {}
         for name, v in self.nodes[nid].get("inputs", {}).items():
             if is_link(v):
                 vals = self.values.get(str(v[0]))
                 out[name] = None if vals is None else vals[int(v[1])]
-            else:
+            elif name in declared:  # ComfyUI drops constants a node does not declare ("upload": "image")
                 out[name] = [consts.get(name, v)]
         return out
 
@@ -387,15 +430,19 @@ class _Run:
         del self.waiting[nid]
         if ran:
             self.executed.append(nid)
-            self.ex.cache.put(self.signature(nid), Entry(outputs, ui, nbytes(outputs)))
+            root = self.display.get(nid)  # a sub-graph node lives as long as the workflow node that made it
+            self.ex.cache.put(self.signature(nid), Entry(outputs, ui, nbytes(outputs),
+                                                         self.sigs.get(root) if root else None))
         if ui:
             self.ui[nid] = ui
             if ran:
                 self.emit(ev.Executed(self.pid, nid, self.display.get(nid, nid), ui))
+            else:
+                self.report_cached(nid, ui)
         for child in self.children.pop(nid, set()):
             self.waiting[child].discard(nid)
             self.wake(child)
-        for _, parent, _ in self.links(nid, lazy=False) + [("", p, 0) for p in self.sub_parents(nid)]:
+        for _, parent, _ in self.links(nid) + [("", p, 0) for p in self.sub_parents(nid)]:
             users = self.consumers.get(parent)
             if users is not None:
                 users.discard(nid)
@@ -417,7 +464,10 @@ class _Run:
         rename = {str(k): f"{nid}.{k}" for k in graph}
         for sub, spec in graph.items():
             new = rename[str(sub)]
-            if spec.get("class_type") not in self.reg:
+            if not isinstance(spec, dict) or not isinstance(spec.get("inputs", {}), dict):
+                raise NodeFailed(self.failure(nid, f"its sub-graph node {sub!r} is not "
+                                              f"{{\"class_type\": ..., \"inputs\": {{...}}}}", "ExpansionError", {}))
+            if str(spec.get("class_type")) not in self.reg:
                 raise NodeFailed(self.failure(nid, f"its sub-graph uses unknown node type {spec.get('class_type')!r}",
                                               "ExpansionError", {}))
             inputs = {k: ([rename.get(str(v[0]), str(v[0])), v[1]] if is_link(v) else v)
@@ -428,11 +478,22 @@ class _Run:
             if errs:
                 raise NodeFailed(self.failure(nid, f"its sub-graph is invalid: {errs[0]}", "ExpansionError", {}))
         values = tuple([rename.get(str(v[0]), str(v[0])), v[1]] if is_link(v) else v for v in out.values)
+        for v in values:
+            if is_link(v):
+                target = self.nodes.get(str(v[0]))
+                count = len(self.reg[target["class_type"]].schema.outputs) if target else 0
+                if not 0 <= int(v[1]) < count:
+                    raise NodeFailed(self.failure(nid, f"it returned a link to output {v[1]} of node {v[0]}, which "
+                                                  f"{'has ' + str(count) + ' outputs' if target else 'does not exist'}",
+                                                  "ExpansionError", {}))
         self.expansions[nid] = values
         self.sub_links[nid] = [str(v[0]) for v in values if is_link(v)]
         for parent in self.sub_links[nid]:
             self.stage(parent)
             self.need(nid, parent)
+        for new in rename.values():  # output nodes inside the sub-graph run too, as in ComfyUI
+            if self.reg[self.nodes[new]["class_type"]].schema.output_node:
+                self.stage(new)
         self.wake(nid)
 
     def sub_parents(self, nid: str) -> list[str]:

@@ -113,7 +113,8 @@ class Schema:
     description: str = ""
     output_node: bool = False
     input_is_list: bool = False
-    not_idempotent: bool = False  # never reuse a cached result (e.g. a node that reads a clock)
+    not_idempotent: bool = False  # its cache key includes its node id (no sharing with equal nodes); for "re-run
+    # every time" (a node that reads a clock), return NaN from `fingerprint`
     deprecated: bool = False
     experimental: bool = False
     module: str = "athena.nodes"

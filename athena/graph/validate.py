@@ -75,6 +75,9 @@ def check(prompt: dict[str, Any], registry: Registry, services: Any = None,
         elif ctype not in registry:
             errors.append(NodeError(nid, "unknown_node", f"no node type {ctype!r} is installed; remove the node or "
                                     f"install what provides it", class_type=ctype))
+        elif not isinstance(spec.get("inputs", {}), dict):
+            errors.append(NodeError(nid, "invalid_prompt", "inputs must be an object of name -> value",
+                                    class_type=ctype))
         else:
             nodes[nid] = spec
     outputs = [nid for nid, s in nodes.items() if registry[s["class_type"]].schema.output_node]
@@ -149,7 +152,7 @@ def check_node(nid: str, spec: dict[str, Any], nodes: dict[str, dict[str, Any]],
                 err("return_type_mismatch", inp, f"{inp.name!r} takes {inp.type} but node {src} output {value[1]} "
                     f"gives {given}", given)
             continue
-        converted = value if inp.name in own and not is_link(value) else convert(inp, value, services, err)
+        converted = convert(inp, value, services, err, checks=inp.name not in own)
         if converted is not _BAD:
             clean[inp.name] = converted
     if not errs:
@@ -173,11 +176,14 @@ def custom_checked(cls: Any) -> set[str]:
     if fn is None or getattr(fn, "__func__", None) is getattr(Node.validate_inputs, "__func__", None):
         return set()
     params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return {i.name for i in cls.schema.inputs}  # `**inputs`: the node checks them all (ComfyUI's rule)
     return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "services"}
 
 
-def convert(inp: Input, value: Any, services: Any, err: Any) -> Any:
-    """A constant converted to the input's type and checked against its bounds and options, or `_BAD`."""
+def convert(inp: Input, value: Any, services: Any, err: Any, *, checks: bool = True) -> Any:
+    """A constant converted to the input's type and checked against its bounds and options (unless the node checks
+    them itself), or `_BAD`."""
     kind = inp.type
     if isinstance(value, dict) and set(value) == {"__value__"}:  # the frontend boxes list-valued widgets
         value = value["__value__"]
@@ -192,7 +198,10 @@ def convert(inp: Input, value: Any, services: Any, err: Any) -> Any:
             raise TypeError
         if kind == "INT":
             if isinstance(value, str):
-                value = float(value)
+                try:
+                    value = int(value)  # exact, even past 2**53 (seeds)
+                except ValueError:
+                    value = float(value)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError
             value = int(value)
@@ -211,6 +220,8 @@ def convert(inp: Input, value: Any, services: Any, err: Any) -> Any:
     except (TypeError, ValueError):
         err("invalid_input_type", inp, f"{inp.name!r} takes {kind}, and {str(value)[:60]!r} is not one", value)
         return _BAD
+    if not checks:
+        return value
     if kind in ("INT", "FLOAT"):
         if inp.min is not None and value < inp.min:
             err("value_smaller_than_min", inp, f"{inp.name!r} is {value}, below its minimum {inp.min}", value)

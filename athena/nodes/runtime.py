@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import torch
@@ -53,13 +54,16 @@ class Folders:
 
 
 def confined(root: Path, name: str, label: str) -> Path:
-    """`root / name`, refusing names that resolve outside `root` (.., absolute paths, symlinks out)."""
-    base = root.resolve()
-    path = (base / name).resolve()
-    if path != base and base not in path.parents:
+    """`root / name` for a name that stays inside `root` as written: no `..`, absolute paths, drive letters,
+    backslashes or NUL. A file that is itself a symlink placed in the folder (a model shared with another app) is
+    used, as ComfyUI does; a name can never walk out of the folder."""
+    parts = PurePosixPath(name).parts
+    if (not parts or "\x00" in name or "\\" in name or name.startswith("/") or ".." in parts
+            or re.match(r"^[A-Za-z]:", name)):
         raise ConfigError(f"{name!r} points outside the {label} folder; use a name inside {root}")
+    path = root / name
     if not path.exists():
-        have = ", ".join(sorted(p.name for p in base.glob("*"))[:8]) if base.is_dir() else "the folder does not exist"
+        have = ", ".join(sorted(p.name for p in root.glob("*"))[:8]) if root.is_dir() else "the folder does not exist"
         raise ConfigError(f"{name!r} is not in the {label} folder {root} (there: {have or 'nothing'})")
     return path
 

@@ -168,7 +168,7 @@ def unet_cond(pipe: Pipeline, e: CondEntry, latent: Tensor, *, negative: bool,
         concat = torch.cat([_to_batch(m, B), _to_batch(z, B)], dim=1).to(latent.device)
     elif pipe.unet.cfg.in_channels == 9 and concat is None:
         if denoise_mask is not None:
-            concat = torch.cat([denoise_mask.to(latent), latent], dim=1)
+            concat = torch.cat([denoise_mask.round().to(latent), latent], dim=1)  # rounded, as ComfyUI does
         else:
             concat = torch.cat([torch.ones_like(latent[:, :1]), blank_latent(pipe, latent)], dim=1)
     return Conditioning(c.context, y, c.pooled, concat)

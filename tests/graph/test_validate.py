@@ -82,3 +82,21 @@ def test_boxed_widget_values_from_the_frontend_are_unwrapped():
     prompt = {"c": {"class_type": "Const", "inputs": {"value": {"__value__": 3}}}, "o": out("c")}
     checked = check(prompt, registry())
     assert checked.errors == [] and checked.constants["c"] == {"value": 3}
+
+
+def test_a_node_that_checks_its_inputs_itself_accepts_names_beyond_its_list():
+    prompt = {"p": {"class_type": "PickAny", "inputs": {"choice": "x.png [output]"}}, "o": out("p")}
+    assert validate(prompt, registry()) == []
+    prompt["p"]["inputs"]["choice"] = "blue"
+    assert [e.code for e in validate(prompt, registry())] == ["custom_validation_failed"]
+
+
+def test_malformed_nodes_are_errors_not_crashes():
+    for inputs in ([], None, "x"):
+        errors = validate({"c": {"class_type": "Const", "inputs": inputs}, "o": out("c")}, registry())
+        assert ("c", "invalid_prompt") in [(e.node_id, e.code) for e in errors]
+
+
+def test_int_strings_keep_every_digit():
+    prompt = {"c": {"class_type": "Seed", "inputs": {"seed": "123456789012345678"}}, "o": out("c")}
+    assert check(prompt, registry()).constants["c"] == {"seed": 123456789012345678}

@@ -196,7 +196,58 @@ class Pick(Node):
         return (choice,)
 
 
-NODES = (Pick, Const, Add, Out, Big, Step, Switch, Repeat, Count, Total, Wait, Fail, Steps, Block, ReadFile)
+class PickAny(Node):
+    """A combo whose node accepts names beyond its list (as LoadImage takes "x.png [output]")."""
+    schema = Schema("PickAny", "test", (Combo("choice", options=("red", "green")),), (Output("STRING"),))
+
+    @classmethod
+    def validate_inputs(cls, services: Any, **inputs: Any) -> str | None:
+        return None if str(inputs["choice"]).endswith(("red", "green", "[output]")) else "unknown colour"
+
+    @classmethod
+    def run(cls, ctx: Context, choice: str) -> tuple[str]:
+        return (choice,)
+
+
+class LazyBoom(Node):
+    schema = Schema("LazyBoom", "test", (Link("a", "*", lazy=True),), (Output("*"),))
+
+    @classmethod
+    def check_lazy_status(cls, a: Any = None) -> list[str]:
+        raise ValueError("cannot decide")
+
+    @classmethod
+    def run(cls, ctx: Context, a: Any = None) -> tuple[Any]:
+        return (a,)
+
+
+class BadExpand(Node):
+    schema = Schema("BadExpand", "test", (Link("a", "INT"),), (Output("INT"),))
+
+    @classmethod
+    def run(cls, ctx: Context, a: int) -> NodeOutput:
+        return NodeOutput(values=(["nope", 0],), expand={"c": {"class_type": "Const", "inputs": {"value": a}}})
+
+
+class ExpandOut(Node):
+    """Expands into a Const and an output node showing it."""
+    schema = Schema("ExpandOut", "test", (Link("a", "INT"),), (Output("INT"),))
+
+    @classmethod
+    def run(cls, ctx: Context, a: int) -> NodeOutput:
+        return NodeOutput(values=(["c", 0],), expand={"c": {"class_type": "Const", "inputs": {"value": a + 100}},
+                                                      "show": {"class_type": "Out", "inputs": {"value": ["c", 0]}}})
+
+
+class Seed(Node):
+    schema = Schema("Seed", "test", (Int("seed", min=0, max=2**64 - 1),), (Output("INT"),))
+
+    @classmethod
+    def run(cls, ctx: Context, seed: int) -> tuple[int]:
+        return (seed,)
+
+
+NODES = (Seed, Pick, PickAny, LazyBoom, BadExpand, ExpandOut, Const, Add, Out, Big, Step, Switch, Repeat, Count, Total, Wait, Fail, Steps, Block, ReadFile)
 
 
 def registry() -> Registry:

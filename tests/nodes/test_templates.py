@@ -213,3 +213,13 @@ def test_template_runs_end_to_end(name, models, tmp_path):
                 assert img.size == want, (nid, img.size, want)
                 if prompt[nid]["class_type"] == "SaveImage":
                     assert "prompt" in img.info and "workflow" in img.info, nid
+
+
+def test_the_classic_templates_are_installed_and_runnable():
+    """Guards the parametrised test above against silently shrinking (a missing package, a renamed template)."""
+    reg = registry()
+    runnable = {n for n, wf in TEMPLATES.items() if not convert(wf, reg).missing}
+    for name in ("default.json", "image2image.json", "lora.json", "lora_multiple.json", "hiresfix_latent_workflow.json",
+                 "area_composition.json", "inpaint_example.json", "inpaint_model_outpainting.json",
+                 "embedding_example.json", "sdxl_simple_example.json", "sdxl_refiner_prompt_example.json"):
+        assert name in runnable, name

@@ -23,10 +23,10 @@ def pipe(tmp_path_factory):
 
 def test_the_noise_mask_and_the_latent_become_the_concat(pipe):
     latent = torch.randn(2, 4, 8, 8)
-    mask = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    mask = torch.rand(2, 1, 8, 8)
     entry = CondEntry(Conditioning(torch.zeros(1, 77, 32)))
     c = unet_cond(pipe, entry, latent, negative=False, denoise_mask=mask)
-    assert torch.equal(c.concat, torch.cat([mask, latent], dim=1))
+    assert torch.equal(c.concat, torch.cat([mask.round(), latent], dim=1))
 
 
 def test_without_a_mask_everything_is_repainted_over_a_blank_image(pipe):
