@@ -16,6 +16,7 @@ from athena.checkpoints.merge import merge
 from athena.checkpoints.safetensors import DTYPE_NAMES
 from athena.cli_generate import add_parser as add_generate
 from athena.cli_run import add_parser as add_run
+from athena.cli_serve import add_parser as add_serve
 from athena.cli_train import add_train
 from athena.errors import AthenaError
 from athena.folders import default_dir
@@ -151,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
     lst.set_defaults(fn=cmd_list)
     add_generate(sub)
     add_run(sub)
+    add_serve(sub)
     add_train(sub)
     return ap
 
