@@ -124,10 +124,8 @@ class Checkpoint:
         if name not in self.text:
             raise CheckpointError(f"{self.path.name}: has no {name} text encoder (it has: {sorted(self.text) or 'none'}); "
                                   f"load one from a separate file")
-        w = text.hf_names(self.text[name])
-        cfg = text.text_config(w, name, self.text_hf_configs.get(name))
-        return load_module(CLIPTextModel(cfg, device="meta", dtype=dtype_of(dtype)), text.model_weights(w, cfg),
-                           name=f"{self.path.name} ({name} text encoder)", device=device, hint=f"Inferred config: {cfg}.")
+        return _load_clip(text.hf_names(self.text[name]), name, f"{self.path.name} ({name} text encoder)", device,
+                          dtype, self.text_hf_configs.get(name))
 
     def text_layers_dropped(self, name: str) -> int:
         """Final layers of the original tower that the stored config leaves out: diffusers ends SD2's ViT-H at
@@ -166,6 +164,35 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         claimed = (UNET_PREFIX, VAE_PREFIX) + tuple(p for _, p in family.text_encoders)
         ckpt.other = [k for k in w if not k.startswith(claimed)]
     return ckpt
+
+
+# --------------------------------------------------------------------------- standalone text encoders
+
+TEXT_FILE_PREFIXES = tuple(dict.fromkeys(p for f in FAMILIES.values() for _, p in f.text_encoders))
+
+
+def _load_clip(w: Weights, name: str, label: str, device: torch.device | str, dtype: torch.dtype | str,
+               hf_config: dict[str, Any] | None = None) -> CLIPTextModel:
+    cfg = text.text_config(w, name, hf_config)
+    return load_module(CLIPTextModel(cfg, device="meta", dtype=dtype_of(dtype)), text.model_weights(w, cfg),
+                       name=label, device=device, hint=f"Inferred config: {cfg}.")
+
+
+def load_text_file(path: str | Path, device: torch.device | str = "cpu",
+                   dtype: torch.dtype | str = torch.float32) -> tuple[str, CLIPTextModel]:
+    """A standalone text-encoder file (ComfyUI's models/text_encoders/): which encoder it holds (clip_l, clip_h or
+    clip_g, told by its width) and the encoder, loaded strictly. HF or OpenCLIP layout; safetensors or safe pickles."""
+    path = Path(path)
+    source = open_weights(path)
+    try:
+        w = text.standalone(source, TEXT_FILE_PREFIXES)
+        name = text.encoder_name(w, path.name)
+        return name, _load_clip(w, name, f"{path.name} ({name} text encoder)", device, dtype)
+    finally:
+        source.close()
+
+
+# --------------------------------------------------------------------------- diffusers folders
 
 
 def _renamed(w: Weights, table: dict[str, str], what: str) -> Renamed:

@@ -57,6 +57,14 @@ TEXT_PREFIXES = {
     "sdxl": {"lora_te1_": "clip_l", "lora_te2_": "clip_g", "text_encoder.": "clip_l", "text_encoder_2.": "clip_g"},
     "sdxl_refiner": {"lora_te2_": "clip_g", "text_encoder_2.": "clip_g"},
 }
+UNET_SPELLINGS = ("lora_unet_", "diffusion_model.", "model.diffusion_model.", "unet.", "base_model.model.")
+
+
+def component_of(module: str, family: str) -> str | None:
+    """The component a module's spelling addresses ("unet" or a text encoder name), or None when no known one."""
+    if module.startswith(UNET_SPELLINGS):
+        return "unet"
+    return next((enc for p, enc in TEXT_PREFIXES.get(family, {}).items() if module.startswith(p)), None)
 
 
 @dataclass

@@ -8,10 +8,10 @@ names, mapped by `keymaps/open_clip.py`. Head counts are not in the weights: a d
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from athena.checkpoints.io import PendingWeights, Renamed, Weights
+from athena.checkpoints.io import PendingWeights, Renamed, Weights, strip_prefix
 from athena.checkpoints.keymaps import open_clip
 from athena.errors import CheckpointError
 from athena.models.clip import CLIPTextConfig
@@ -22,6 +22,10 @@ ACTIVATION = {"clip_l": "quick_gelu", "clip_h": "gelu", "clip_g": "gelu"}  # Ope
 # Stored in some files but not weights: the position ids buffer, OpenCLIP's contrastive temperature and mask.
 NOT_WEIGHTS = ("text_model.embeddings.position_ids", "logit_scale", "attn_mask")
 LAYER_KEY = "text_model.encoder.layers."
+TOKEN_KEY = "text_model.embeddings.token_embedding.weight"
+# Standalone files: the encoder is told by its width (every published tower of a width is the same model)
+WIDTHS = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
+SUPPORTED = "CLIP-L (width 768: SD1.x, SDXL), OpenCLIP ViT-H (1024: SD2.x) or OpenCLIP ViT-bigG (1280: SDXL)"
 
 
 def hf_names(w: Weights) -> Weights:
@@ -40,10 +44,10 @@ def stored_layers(w: Weights) -> int:
 
 def text_config(w: Weights, name: str, hf_config: Mapping[str, Any] | None = None) -> CLIPTextConfig:
     """The encoder's config: Athena metadata if present, else the shapes plus a diffusers config or conventions."""
-    meta = w.metadata.get(META_TEXT)
-    if meta:
-        return CLIPTextConfig.from_dict(json.loads(meta)[name])
-    token = w["text_model.embeddings.token_embedding.weight"].shape
+    meta = json.loads(w.metadata.get(META_TEXT) or "{}")
+    if name in meta:
+        return CLIPTextConfig.from_dict(meta[name])
+    token = w[TOKEN_KEY].shape
     width = token[1]
     hf = dict(hf_config or {})
     heads = hf.get("num_attention_heads") or width // HEAD_DIM
@@ -65,3 +69,35 @@ def model_weights(w: Weights, cfg: CLIPTextConfig) -> Weights:
     def keep(k: str) -> bool:
         return k not in NOT_WEIGHTS and not (k.startswith(LAYER_KEY) and int(k.split(".")[3]) >= cfg.layers)
     return Renamed(w, {k: k for k in w if keep(k)})
+
+
+# --------------------------------------------------------------------------- standalone files
+
+
+def standalone(w: Weights, prefixes: Iterable[str]) -> Weights:
+    """A text-encoder file's weights under HF names; a checkpoint prefix that every key carries (files cut out of a
+    checkpoint keep `cond_stage_model.transformer.` and the like) is stripped first."""
+    prefix = next((p for p in prefixes if len(w) and all(k.startswith(p) for k in w)), "")
+    return hf_names(strip_prefix(w, prefix) if prefix else w)
+
+
+def encoder_name(w: Weights, file: str) -> str:
+    """clip_l, clip_h or clip_g: the one Athena's metadata declares at this width, else the one of this width."""
+    if TOKEN_KEY not in w:
+        hint = "; it is a full checkpoint, load it with CheckpointLoaderSimple" if any(
+            k.startswith("model.diffusion_model.") for k in w) else ""
+        raise CheckpointError(f"{file}: not a CLIP text encoder (no token embedding; keys like "
+                              f"{sorted(w)[:3]}){hint}. Supported: {SUPPORTED}, in HF or OpenCLIP layout")
+    width = w[TOKEN_KEY].shape[1]
+    declared = [n for n, c in json.loads(w.metadata.get(META_TEXT) or "{}").items() if c.get("width") == width]
+    if len(declared) == 1:
+        return declared[0]
+    if width not in WIDTHS:
+        raise CheckpointError(f"{file}: a CLIP text encoder of width {width}, which is none of the supported ones: "
+                              f"{SUPPORTED}")
+    return WIDTHS[width]
+
+
+def layers_dropped(name: str, cfg: CLIPTextConfig) -> int:
+    """Final layers a stored ViT-H leaves out: diffusers' SD2 text encoder keeps 23 of OpenCLIP's 24 layers."""
+    return 1 if name == "clip_h" and cfg.width == 1024 and cfg.layers == 23 else 0

@@ -1,4 +1,4 @@
-"""Loader nodes: checkpoints, diffusers folders, standalone U-Nets and VAEs, LoRAs.
+"""Loader nodes: checkpoints, diffusers folders, standalone U-Nets, VAEs and text encoders, LoRAs.
 
 Files load through the runtime's shared `ModelCache`, so two loaders of one file (or one loader in many jobs) give
 one object. LoRA loaders only record the LoRA on a new MODEL/CLIP value; the weights are patched while a sampler or
@@ -12,12 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from athena.errors import ConfigError
 from athena.graph.node import Context, ExecutionBlocker, Node
 from athena.graph.schema import Combo, Float, Link, Output, Schema
 from athena.nodes.runtime import Runtime
 from athena.nodes.types import Clip, LoraUse, Model, Vae
-from athena.pipelines.pipeline import Pipeline, load, load_vae
+from athena.pipelines.pipeline import Pipeline, TextModels, load, load_text, load_vae
 
 UNET_FOLDERS = ("diffusion_models", "unet")  # ComfyUI's "diffusion_models" kind reads both
 TEXT_FOLDERS = ("text_encoders", "clip")
@@ -52,7 +54,7 @@ def outputs(pipe: Pipeline) -> tuple[Any, ...]:
     """MODEL, CLIP, VAE of a pipeline; a part the file lacks blocks its consumers with a message saying so."""
     name = pipe.path.name if pipe.path else "this checkpoint"
     clip = Clip(pipe) if pipe.text is not None else ExecutionBlocker(
-        f"{name} has no text encoders; load them with a checkpoint that includes them")
+        f"{name} has no text encoders; load them with a CLIPLoader or DualCLIPLoader node")
     vae = Vae(pipe.vae, pipe.family.latent_scale, pipe.family.latent_shift) if pipe.vae is not None else \
         ExecutionBlocker(f"{name} has no VAE; add a VAELoader node")
     return Model(pipe), clip, vae
@@ -105,36 +107,94 @@ class VAELoader(Node):
         return (rt.models.get("vae", path, (str(rt.device), str(rt.dtype)), load),)
 
 
-def _no_text_files(node: str) -> ConfigError:
-    return ConfigError(f"{node}: standalone text-encoder files are not supported yet; use CheckpointLoaderSimple "
-                       f"with a checkpoint that includes its text encoders (SD1.x, SD2.x, SDXL single files or "
-                       f"diffusers folders)")
+# ComfyUI's type options (nodes.py); Athena runs the SD-family ones, the others fail validation with the supported list
+CLIP_TYPES = ("stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
+              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "ovis",
+              "longcat_image", "cogvideox", "lens", "pixeldit", "ideogram4", "boogu", "krea2", "joyimage", "mage",
+              "minimax")
+DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image", "hunyuan_video_15", "kandinsky5",
+                   "kandinsky5_image", "ltxv", "newbie", "ace")
+SUPPORTED_TYPES = {"CLIPLoader": {"stable_diffusion": "a clip_l (SD1.x), clip_h (SD2.x) or clip_g (SDXL refiner) file"},
+                   "DualCLIPLoader": {"sdxl": "a clip_l and a clip_g file, in either order"}}
+DEVICES = ("default", "cpu")
+
+
+def text_file(rt: Runtime, name: str) -> Path:
+    """`name` under models/text_encoders/, else under the legacy models/clip/ (ComfyUI's search order)."""
+    if not (rt.folders.models / "text_encoders" / name).exists() and (rt.folders.models / "clip" / name).exists():
+        return rt.folders.model("clip", name)
+    return rt.folders.model("text_encoders", name)
+
+
+def check_type(node: str, type: str) -> None:
+    supported = SUPPORTED_TYPES[node]
+    if type not in supported:
+        ways = "; ".join(f"type {t!r} with {what}" for t, what in supported.items())
+        raise ConfigError(f"{node}: type {type!r} is not supported; Athena runs the SD1.x, SD2.x and SDXL text "
+                          f"encoders only: use {ways}")
+
+
+def check_text_inputs(node: str, services: Any, names: tuple[Any, ...], type: Any, device: Any) -> str | None:
+    """The message for a bad constant type, device or file name (the node checks its own combos, as in ComfyUI)."""
+    try:
+        if type is not None:
+            check_type(node, type)
+        if device is not None and device not in DEVICES:
+            raise ConfigError(f"{node}: device {device!r} is not one of {DEVICES}")
+        for name in names:
+            if name is not None and isinstance(services, Runtime):
+                text_file(services, name)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def cached_text(rt: Runtime, paths: tuple[Path, ...], device: str) -> TextModels:
+    """The text encoders of `paths`, loaded once per set of files (in any order) and device."""
+    dev, dtype = (torch.device("cpu"), torch.float32) if device == "cpu" else (rt.device, rt.dtype)
+    first, *rest = sorted(paths)
+    others = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in rest)
+    embeddings = rt.folders.models / "embeddings"
+    return rt.models.get("text_encoders", first, (others, str(dev), str(dtype)), lambda: load_text(
+        paths, device=dev, dtype=dtype, embeddings=embeddings if embeddings.is_dir() else None))
 
 
 class CLIPLoader(Node):
     schema = Schema("CLIPLoader", "advanced/loaders",
-                    inputs=(Combo("clip_name", names(*TEXT_FOLDERS)),
-                            Combo("type", ("stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi",
-                                           "ltxv", "pixart", "cosmos", "lumina2", "wan", "hidream", "chroma", "ace",
-                                           "omnigen2", "qwen_image", "hunyuan_image")),
-                            Combo("device", ("default", "cpu"), optional=True)),
-                    outputs=(Output("CLIP"),))
+                    inputs=(Combo("clip_name", names(*TEXT_FOLDERS)), Combo("type", CLIP_TYPES),
+                            Combo("device", DEVICES, optional=True)),
+                    outputs=(Output("CLIP"),),
+                    description="Loads a standalone text encoder: type stable_diffusion takes a clip_l (SD1.x), "
+                                "clip_h (SD2.x) or clip_g (SDXL refiner) file.")
 
     @classmethod
-    def run(cls, clip_name: str, type: str, device: str = "default") -> tuple[Any, ...]:
-        raise _no_text_files("CLIPLoader")
+    def run(cls, ctx: Context, clip_name: str, type: str, device: str = "default") -> tuple[Any, ...]:
+        check_type("CLIPLoader", type)
+        return (Clip(cached_text(ctx.services, (text_file(ctx.services, clip_name),), device)),)
+
+    @classmethod
+    def validate_inputs(cls, services: Any, **inputs: Any) -> str | None:
+        return check_text_inputs("CLIPLoader", services, (inputs.get("clip_name"),), inputs.get("type"),
+                                 inputs.get("device"))
 
 
 class DualCLIPLoader(Node):
     schema = Schema("DualCLIPLoader", "advanced/loaders",
                     inputs=(Combo("clip_name1", names(*TEXT_FOLDERS)), Combo("clip_name2", names(*TEXT_FOLDERS)),
-                            Combo("type", ("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image")),
-                            Combo("device", ("default", "cpu"), optional=True)),
-                    outputs=(Output("CLIP"),))
+                            Combo("type", DUAL_CLIP_TYPES), Combo("device", DEVICES, optional=True)),
+                    outputs=(Output("CLIP"),),
+                    description="Loads two standalone text encoders: type sdxl takes a clip_l and a clip_g file.")
 
     @classmethod
-    def run(cls, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> tuple[Any, ...]:
-        raise _no_text_files("DualCLIPLoader")
+    def run(cls, ctx: Context, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> tuple[Any, ...]:
+        check_type("DualCLIPLoader", type)
+        rt: Runtime = ctx.services
+        return (Clip(cached_text(rt, (text_file(rt, clip_name1), text_file(rt, clip_name2)), device)),)
+
+    @classmethod
+    def validate_inputs(cls, services: Any, **inputs: Any) -> str | None:
+        return check_text_inputs("DualCLIPLoader", services, (inputs.get("clip_name1"), inputs.get("clip_name2")),
+                                 inputs.get("type"), inputs.get("device"))
 
 
 STRENGTH = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}

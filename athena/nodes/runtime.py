@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 import torch
 
 from athena.errors import ConfigError
+from athena.pipelines.pipeline import BUNDLED, bundled_model
 
+BUNDLED_FILE = f"{BUNDLED}.safetensors"  # offered in every checkpoints list
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
 T = TypeVar("T")
 
@@ -27,16 +29,20 @@ class Folders:
     temp: Path
 
     def model_names(self, kind: str) -> list[str]:
-        """Files under models/`kind`/ (subfolders included, '/'-separated) and diffusers folders, as combo options."""
+        """Files under models/`kind`/ (subfolders included, '/'-separated) and diffusers folders, as combo options.
+        Checkpoints always include the bundled model, so a fresh install has one to run."""
         root = self.models / kind
-        if not root.is_dir():
-            return []
-        names = [p.relative_to(root).as_posix() for p in root.glob("**/*")
-                 if (p.is_file() and p.suffix.lower() in MODEL_SUFFIXES) or (p / "model_index.json").is_file()]
-        return sorted(names)
+        names = sorted(p.relative_to(root).as_posix() for p in root.glob("**/*")
+                       if (p.is_file() and p.suffix.lower() in MODEL_SUFFIXES) or (p / "model_index.json").is_file()
+                       ) if root.is_dir() else []
+        if kind == "checkpoints" and BUNDLED_FILE not in names:
+            names.append(BUNDLED_FILE)
+        return names
 
     def model(self, kind: str, name: str) -> Path:
         """The file `name` under models/`kind`/; a name can never leave that folder."""
+        if kind == "checkpoints" and name == BUNDLED_FILE and not (self.models / kind / name).exists():
+            return bundled_model()
         return confined(self.models / kind, name, f"models/{kind}")
 
     def input_names(self) -> list[str]:

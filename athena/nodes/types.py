@@ -3,7 +3,7 @@
 | socket | value |
 |---|---|
 | MODEL | `Model`: a pipeline's U-Net plus the patches that nodes stacked on it (LoRAs, sampling, CFG rescale) |
-| CLIP | `Clip`: a pipeline's text encoders plus LoRAs and the CLIPSetLastLayer choice |
+| CLIP | `Clip`: a pipeline's (or standalone files') text encoders plus LoRAs and the CLIPSetLastLayer choice |
 | VAE | `Vae` |
 | LATENT | dict: "samples" (B, C, h, w), the raw VAE latent as in ComfyUI; optional "noise_mask", "batch_index" |
 | IMAGE | (B, H, W, 3) float32 in [0, 1], channels last, as in ComfyUI |
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from athena.models.vae import AutoencoderKL
-from athena.pipelines.pipeline import Pipeline
+from athena.pipelines.pipeline import Pipeline, TextModels
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Model:
 
 @dataclass(frozen=True)
 class Clip:
-    pipe: Pipeline
+    pipe: Pipeline | TextModels  # a checkpoint's pipeline, or text encoders loaded on their own (CLIPLoader)
     loras: tuple[LoraUse, ...] = ()
     clip_skip: int | None = None  # CLIPSetLastLayer: -1 last layer, -2 penultimate, ...
 

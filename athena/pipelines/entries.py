@@ -22,7 +22,7 @@ from athena.diffusion.denoisers import ModelSampling
 from athena.models.unet import adm_vector
 from athena.models.vae import AutoencoderKL
 from athena.pipelines.conditioning import Conditioning, size_ids
-from athena.pipelines.pipeline import Pipeline
+from athena.pipelines.pipeline import Pipeline, TextModels
 
 Lora = tuple[Path, float]  # a LoRA file and its strength for one component (U-Net or text encoders)
 
@@ -55,16 +55,16 @@ class CondEntry:
 # ---------------------------------------------------------------- LoRAs, patched in only while used
 
 @contextmanager
-def loras_applied(pipe: Pipeline, unet: Sequence[Lora] = (), text: Sequence[Lora] = ()) -> Iterator[Pipeline]:
-    """`pipe` with the LoRAs patched into the U-Net and the text encoders, restored bit for bit afterwards (also on
-    errors and cancellation), so a cached pipeline shared by several graph branches never keeps a LoRA."""
+def loras_applied(pipe: Pipeline | TextModels, unet: Sequence[Lora] = (), text: Sequence[Lora] = ()) -> Iterator[None]:
+    """The LoRAs patched into `pipe`'s U-Net and text encoders, restored bit for bit afterwards (also on errors and
+    cancellation), so a cached pipeline shared by several graph branches never keeps a LoRA."""
     handles = []
     try:
         for path, strength in unet:
             handles.append(pipe.load_lora(path, strength, 0.0))
         for path, strength in text:
             handles.append(pipe.load_lora(path, 0.0, strength))
-        yield pipe
+        yield
     finally:
         for h in reversed(handles):
             h.remove()
@@ -72,7 +72,7 @@ def loras_applied(pipe: Pipeline, unet: Sequence[Lora] = (), text: Sequence[Lora
 
 # ---------------------------------------------------------------- building entries
 
-def encode_text(pipe: Pipeline, text: str | Mapping[str, str], *, clip_skip: int | None = None,
+def encode_text(pipe: Pipeline | TextModels, text: str | Mapping[str, str], *, clip_skip: int | None = None,
                 loras: Sequence[Lora] = (), sizes: SizeCond | None = None) -> CondEntry:
     """A prompt (or SDXL's per-encoder prompts) encoded with the text-encoder LoRAs applied."""
     with loras_applied(pipe, text=loras):

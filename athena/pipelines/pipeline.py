@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,12 +11,20 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from athena.checkpoints.detect import Family
-from athena.checkpoints.load import Checkpoint, dtype_of, open_checkpoint, with_family
-from athena.checkpoints.lora import alias_table, match, read_lora
-from athena.errors import CheckpointError
+from athena.checkpoints.detect import FAMILIES, Family
+from athena.checkpoints.load import (
+    Checkpoint,
+    dtype_of,
+    load_text_file,
+    open_checkpoint,
+    with_family,
+)
+from athena.checkpoints.lora import alias_table, component_of, match, read_lora
+from athena.checkpoints.text import layers_dropped
+from athena.errors import CheckpointError, ConfigError
+from athena.models.clip import CLIPTextModel
 from athena.models.lora import Handle, Patcher
-from athena.models.unet import UNet
+from athena.models.unet import UNet, UNetConfig
 from athena.models.vae import AutoencoderKL
 from athena.pipelines.conditioning import (
     FAMILY_TEXT,
@@ -61,33 +69,7 @@ class Pipeline:
         """Patch a LoRA / LyCORIS file into the U-Net (at `model_strength`) and the text encoders (`clip_strength`).
         Adapters stack; `handle.remove()` restores the weights bit for bit. Modules of the file that fit nothing in
         this model are listed in `handle.unmatched` and reported with a warning."""
-        lora, models = read_lora(path), self.models()
-        adaptable = {name: [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-                     for name, model in models.items()}
-        table = alias_table(self.family.name, self.unet.cfg, adaptable.pop("unet"), adaptable)
-        parts, unmatched = match(lora, table)
-        name = Path(path).name
-        if not parts:
-            raise CheckpointError(f"{name}: none of its {len(lora.deltas)} modules fit this {self.family.label} model "
-                                  f"(e.g. {unmatched[:3]}); it was made for another model family")
-        if unmatched:
-            warnings.warn(f"{name}: {len(unmatched)} of its modules fit nothing in this {self.family.label} model and "
-                          f"are not applied (e.g. {unmatched[:3]})", stacklevel=2)
-        handle = Handle(unmatched=tuple(unmatched))
-        try:
-            for component, deltas in parts.items():
-                if component not in self.patchers:
-                    self.patchers[component] = Patcher(models[component])
-                strength = model_strength if component == "unet" else clip_strength
-                if strength == 0:  # leaves the weights as they are; skipping it saves the patch and the restore
-                    continue
-                handle.entries += self.patchers[component].add(deltas, strength).entries
-        except BaseException as e:  # a misfit in a later component, or Ctrl-C: undo the earlier ones
-            handle.remove()
-            if isinstance(e, CheckpointError):
-                raise CheckpointError(f"{name}: {e}") from None
-            raise
-        return handle
+        return patch_lora(path, self.family, self.unet.cfg, self.models(), self.patchers, model_strength, clip_strength)
 
     def preview(self, x0: Tensor, index: int = 0) -> Image.Image:
         """A cheap RGB preview of a step's x0 estimate (a linear map, no VAE decode)."""
@@ -110,6 +92,68 @@ class Pipeline:
         return conditioning(name, self.text, text, clip_skip=clip_skip, weighting=weighting, sizes=lambda: size_ids(
             name, width=width, height=height, crop=crop, original=original_size, target=target_size,
             aesthetic_score=aesthetic_score))
+
+
+@dataclass(eq=False)
+class TextModels:
+    """A family's text encoders without a U-Net (ComfyUI's CLIPLoader): prompts to conditioning, LoRAs on the text
+    side. `Pipeline` offers the same `load_lora` and `encode_prompt`, so a CLIP value may hold either."""
+
+    family: Family
+    text: PromptEncoder
+    path: Path | None = None  # the (first) file, for messages
+    patchers: dict[str, Patcher] = field(default_factory=dict, repr=False)
+
+    def models(self) -> dict[str, nn.Module]:
+        return {e.spec.name: e.model for e in self.text.encoders}
+
+    def load_lora(self, path: str | Path, model_strength: float = 0.0, clip_strength: float = 1.0) -> Handle:
+        """Patch a LoRA's text-encoder modules in at `clip_strength`; its U-Net modules have nothing to fit here and
+        are skipped without a warning (the MODEL side applies them)."""
+        return patch_lora(path, self.family, None, self.models(), self.patchers, model_strength, clip_strength)
+
+    def encode_prompt(self, text: str | Mapping[str, str], *, clip_skip: int | None = None,
+                      weighting: Weighting = "comfy") -> Conditioning:
+        """As `Pipeline.encode_prompt` with its default sizes (a sampler rebuilds SDXL's size part for its latent)."""
+        name = self.family.name
+        return conditioning(name, self.text, text, clip_skip=clip_skip, weighting=weighting,
+                            sizes=lambda: size_ids(name, width=1024, height=1024))
+
+
+def patch_lora(path: str | Path, family: Family, unet_cfg: UNetConfig | None, models: Mapping[str, nn.Module],
+               patchers: dict[str, Patcher], model_strength: float, clip_strength: float) -> Handle:
+    """Patch a LoRA file into `models` ("unet" and text encoders by name), creating their `patchers` on first use.
+    Modules spelled for a part that `models` lacks (a U-Net for text encoders loaded alone, or the reverse) are
+    skipped silently; modules that fit nothing are warned about, and a file where nothing fits is an error."""
+    lora = read_lora(path)
+    adaptable = {name: [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+                 for name, model in models.items()}
+    table = alias_table(family.name, unet_cfg, adaptable.pop("unet", []), adaptable)
+    parts, unmatched = match(lora, table)
+    absent = {m for m in unmatched if component_of(m, family.name) not in (None, *models)}
+    unmatched = [m for m in unmatched if m not in absent]
+    name = Path(path).name
+    if not parts and not absent:
+        raise CheckpointError(f"{name}: none of its {len(lora.deltas)} modules fit this {family.label} model "
+                              f"(e.g. {unmatched[:3]}); it was made for another model family")
+    if unmatched:
+        warnings.warn(f"{name}: {len(unmatched)} of its modules fit nothing in this {family.label} model and "
+                      f"are not applied (e.g. {unmatched[:3]})", stacklevel=3)
+    handle = Handle(unmatched=tuple(unmatched))
+    try:
+        for component, deltas in parts.items():
+            if component not in patchers:
+                patchers[component] = Patcher(models[component])
+            strength = model_strength if component == "unet" else clip_strength
+            if strength == 0:  # leaves the weights as they are; skipping it saves the patch and the restore
+                continue
+            handle.entries += patchers[component].add(deltas, strength).entries
+    except BaseException as e:  # a misfit in a later component, or Ctrl-C: undo the earlier ones
+        handle.remove()
+        if isinstance(e, CheckpointError):
+            raise CheckpointError(f"{name}: {e}") from None
+        raise
+    return handle
 
 
 def text_encoders(ckpt: Checkpoint, device: torch.device | str, dtype: torch.dtype,
@@ -147,6 +191,33 @@ def load(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.d
     vae = ckpt.load_vae(device, dt) if ckpt.vae is not None else None
     text = text_encoders(ckpt, device, dt, Path(embeddings) if embeddings is not None else None)
     return Pipeline(ckpt.family, unet, vae, text, ckpt.path, resolution=ckpt.resolution)
+
+
+# the family that standalone text encoders make up, by the set of encoders (ComfyUI's choice for one clip_g file)
+TEXT_FAMILIES = {frozenset({"clip_l"}): "sd1", frozenset({"clip_h"}): "sd2", frozenset({"clip_g"}): "sdxl_refiner",
+                 frozenset({"clip_l", "clip_g"}): "sdxl"}
+
+
+def load_text(paths: Sequence[str | Path], *, device: torch.device | str = "cpu",
+              dtype: torch.dtype | str = torch.float32, embeddings: str | Path | None = None) -> TextModels:
+    """Standalone text-encoder files as the text side of the family they make up, in that family's encoder order:
+    clip_l (SD1.x), clip_h (SD2.x), clip_g (SDXL refiner), or clip_l and clip_g in either order (SDXL)."""
+    found: dict[str, tuple[Path, CLIPTextModel]] = {}
+    for p in map(Path, paths):
+        name, model = load_text_file(p, device, dtype_of(dtype))
+        if name in found:
+            raise ConfigError(f"{found[name][0].name} and {p.name} are both {name} text encoders; give files of "
+                              f"different encoders (e.g. clip_l and clip_g for SDXL)")
+        found[name] = (p, model)
+    family = TEXT_FAMILIES.get(frozenset(found))
+    if family is None:
+        got = ", ".join(f"{n} ({p.name})" for n, (p, _) in found.items())
+        raise ConfigError(f"text encoders {got} make up no supported model; supported: clip_l (SD1.x), clip_h (SD2.x), "
+                          f"clip_g (SDXL refiner), clip_l + clip_g (SDXL)")
+    encoders = [TextEncoder(s, found[s.name][1], layers_dropped=layers_dropped(s.name, found[s.name][1].cfg))
+                for s in FAMILY_TEXT[family]]
+    return TextModels(FAMILIES[family], PromptEncoder(encoders, Path(embeddings) if embeddings is not None else None),
+                      Path(paths[0]))
 
 
 def load_vae(path: str | Path, *, device: torch.device | str = "cpu",
