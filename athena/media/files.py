@@ -9,10 +9,13 @@ restores it.
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import posixpath
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,7 +175,20 @@ def webp_exif(frame: Image.Image, prompt: dict[str, Any] | None,
 
 
 def save_png(image: Tensor, path: Path, info: PngImagePlugin.PngInfo, compress_level: int) -> None:
-    to_pil(image).save(path, pnginfo=info, compress_level=compress_level)
+    with atomic(path) as tmp:
+        to_pil(image).save(tmp, format="PNG", pnginfo=info, compress_level=compress_level)
+
+
+@contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """Write to a temporary name beside `path`, then rename: a crash never leaves a truncated file under the real
+    name (the temporary name keeps the counter's number reserved)."""
+    tmp = path.with_name(f"{path.name}.part")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_animated_webp(images: Tensor, path: Path, fps: float, lossless: bool, quality: int, method: int,
@@ -180,5 +196,7 @@ def save_animated_webp(images: Tensor, path: Path, fps: float, lossless: bool, q
     """All frames of an IMAGE batch as one animated WebP at `fps` (Pillow's libwebp; `method` 0-6 trades speed
     for size)."""
     frames = [to_pil(im) for im in images]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000.0 / fps), lossless=lossless,
-                   quality=quality, method=method, exif=webp_exif(frames[0], prompt, extra_pnginfo))
+    with atomic(path) as tmp:
+        frames[0].save(tmp, format="WEBP", save_all=True, append_images=frames[1:], duration=int(1000.0 / fps),
+                       lossless=lossless, quality=quality, method=method,
+                       exif=webp_exif(frames[0], prompt, extra_pnginfo))

@@ -1,6 +1,6 @@
-"""ComfyUI's HTTP API, with its JSON shapes: /prompt, /queue, /history, /view, /upload, /object_info, /system_stats,
-/interrupt, /free, /embeddings, /models, /features, and the WebSocket /ws. `create_app` mounts this router both bare
-and under /api, as ComfyUI does."""
+"""ComfyUI's HTTP API, with its JSON shapes: /prompt, /queue, /history, /jobs, /view, /upload, /object_info,
+/system_stats, /interrupt, /free, /embeddings, /models, /experiment/models, /features, and the WebSocket /ws.
+`create_app` mounts this router both bare and under /api, as ComfyUI does."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from athena.errors import AthenaError
@@ -26,6 +26,7 @@ from athena.server.store import FINISHED, Job, JobStatus, QueueFull
 router = APIRouter()
 MODEL_FOLDERS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models", "diffusion_models",
                  "text_encoders", "clip", "unet", "clip_vision", "diffusers")
+SQLITE_MAX_INT = 2**63 - 1
 
 
 def state(request: Request | WebSocket) -> ServerState:
@@ -160,7 +161,10 @@ def history_item(job: Job) -> dict[str, Any]:
 @router.get("/history")
 async def get_history(request: Request, max_items: int | None = None, offset: int = 0) -> dict[str, Any]:
     st = state(request)
-    jobs = await asyncio.to_thread(lambda: st.store.list(status=FINISHED, limit=max_items, offset=max(offset, 0)))
+    # Clamped to SQLite's 64-bit integers: a huge value is "everything", not a 500 (a negative limit is no limit).
+    limit = None if max_items is None else min(max_items, SQLITE_MAX_INT)
+    start = min(max(offset, 0), SQLITE_MAX_INT)
+    jobs = await asyncio.to_thread(lambda: st.store.list(status=FINISHED, limit=limit, offset=start))
     return {j.id: history_item(j) for j in reversed(jobs)}
 
 
@@ -181,6 +185,73 @@ async def post_history(request: Request) -> Response:
     for job_id in body.get("delete", []) if isinstance(body.get("delete"), list) else []:
         await asyncio.to_thread(st.store.delete, str(job_id), out)
     return Response(status_code=200)
+
+
+# ComfyUI's jobs API (GET /api/jobs, /api/jobs/{id}): the frontend's queue and history panels read it.
+JOB_STATUS = {JobStatus.QUEUED: "pending", JobStatus.RUNNING: "in_progress", JobStatus.SUCCEEDED: "completed",
+              JobStatus.FAILED: "failed", JobStatus.CANCELLED: "cancelled"}
+STATUS_OF_JOB = {v: k for k, v in JOB_STATUS.items()}
+PREVIEWABLE = ("images", "video", "audio", "3d", "text")
+
+
+def ms(t: float | None) -> int | None:
+    return None if t is None else int(t * 1000)
+
+
+def job_item(job: Job, *, detail: bool = False) -> dict[str, Any]:
+    """One job in the jobs API's shape: times in ms, output counts, the first saved image as the preview."""
+    items = [(node, kind, item) for node, out in job.outputs.items() if isinstance(out, dict)
+             for kind, listed in out.items() if kind != "animated" and isinstance(listed, list)
+             for item in listed if isinstance(item, dict)]
+    previews = [{**item, "nodeId": node, "mediaType": kind} for node, kind, item in items if kind in PREVIEWABLE]
+    workflow = job.extra.get("extra_pnginfo", {}).get("workflow", {})
+    entry: dict[str, Any] = {
+        "id": job.id, "status": JOB_STATUS[job.status], "priority": job.number, "create_time": ms(job.created),
+        "execution_start_time": ms(job.started), "execution_end_time": ms(job.finished),
+        "outputs_count": len(items), "previewable_outputs_count": len(previews),
+        "preview_output": next((p for p in previews if p.get("type") == "output"), previews[0] if previews else None),
+        "workflow_id": workflow.get("id") if isinstance(workflow, dict) else None}
+    if job.status == JobStatus.FAILED:
+        err = job.error or {}
+        entry["execution_error"] = {"prompt_id": job.id, "node_id": str(err.get("node_id") or ""),
+                                    "node_type": str(err.get("node_type") or ""),
+                                    "exception_message": str(err.get("message", "")),
+                                    "exception_type": str(err.get("exception_type", "")),
+                                    "traceback": list(err.get("traceback", []))}
+    if detail:
+        extra = {k: v for k, v in job.extra.items() if k not in ("outputs_to_execute", "partial_execution_targets")}
+        entry["workflow"] = {"prompt": job.prompt, "extra_data": extra}
+        entry["outputs"] = job.outputs
+        if job.status in FINISHED:
+            entry["execution_status"] = history_item(job)["status"]
+    return entry
+
+
+@router.get("/jobs")
+async def list_jobs(request: Request, status: str = "", limit: int | None = Query(None, ge=0, le=2**31),
+                    offset: int = Query(0, ge=0, le=2**62)) -> Response:
+    names = [s for s in status.split(",") if s] or list(STATUS_OF_JOB)
+    unknown = [s for s in names if s not in STATUS_OF_JOB]
+    if unknown:
+        return JSONResponse({"error": f"unknown status {unknown[0]!r}; one of {', '.join(STATUS_OF_JOB)}"}, 400)
+    statuses = [STATUS_OF_JOB[s] for s in names]
+    offset = min(max(offset, 0), SQLITE_MAX_INT)
+    limit = None if limit is None or limit <= 0 else min(limit, SQLITE_MAX_INT)
+    st = state(request)
+    jobs = await asyncio.to_thread(lambda: st.store.list(status=statuses, limit=limit, offset=offset))
+    counts = await asyncio.to_thread(st.store.counts)
+    total = sum(counts.get(s, 0) for s in statuses)
+    return JSONResponse({"jobs": [job_item(j) for j in jobs],
+                         "pagination": {"offset": offset, "limit": limit if limit is not None else total,
+                                        "total": total, "has_more": offset + len(jobs) < total}})
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(request: Request, job_id: str) -> Response:
+    job = await asyncio.to_thread(state(request).store.get, job_id)
+    if job is None:
+        return JSONResponse({"error": f"no job {job_id!r}"}, status_code=404)
+    return JSONResponse(job_item(job, detail=True))
 
 
 @router.post("/interrupt")
@@ -285,13 +356,25 @@ async def upload_mask(request: Request) -> Response:
         return saved
     info, target, (data, form) = saved
     st = state(request)
+    malformed = JSONResponse({"error": "original_ref must name an existing image {filename, subfolder, type}"},
+                             status_code=400)
     try:
         ref = json.loads(str(form.get("original_ref") or "{}"))
-        original = confined_path(folder_of(st, ref.get("type", "input")), ref.get("subfolder", ""), ref["filename"])
-    except (KeyError, ValueError, TypeError, RequestRefused):
-        return JSONResponse({"error": "original_ref must name an existing image {filename, subfolder, type}"},
+        if not isinstance(ref, dict) or not all(isinstance(ref.get(k, ""), str) for k in ("filename", "subfolder")):
+            return malformed
+        original = confined_path(folder_of(st, str(ref.get("type", "input"))), ref.get("subfolder", ""),
+                                 ref["filename"])
+    except RequestRefused as e:  # a path leaving its folder is a 403, not a malformed request
+        return JSONResponse({"error": f"original_ref: {e}"}, status_code=e.status)
+    except (KeyError, ValueError):
+        return malformed
+    if not original.is_file():
+        return malformed
+    try:
+        await asyncio.to_thread(apply_mask, original, data, target)
+    except (OSError, ValueError) as e:  # the original is not an image Pillow can read
+        return JSONResponse({"error": f"original_ref {ref['filename']!r} is not a readable image: {e}"},
                             status_code=400)
-    await asyncio.to_thread(apply_mask, original, data, target)
     return JSONResponse(info)
 
 
@@ -372,6 +455,34 @@ async def model_files(request: Request, folder: str) -> Response:
     if folder not in MODEL_FOLDERS:
         return JSONResponse({"error": f"unknown model folder {folder!r}"}, status_code=404)
     return JSONResponse(state(request).folders.model_names(folder))
+
+
+@router.get("/experiment/models")
+async def experiment_model_folders(request: Request) -> list[dict[str, Any]]:
+    """The model browser's folder list: each folder type with the directories it is read from."""
+    root = state(request).folders.models
+    return [{"name": f, "folders": [str(root / f)]} for f in MODEL_FOLDERS]
+
+
+@router.get("/experiment/models/{folder}")
+async def experiment_model_files(request: Request, folder: str) -> Response:
+    """The model browser's files in one folder: name (relative, '/'-separated), pathIndex, times and size."""
+    if folder not in MODEL_FOLDERS:
+        return JSONResponse({"error": f"unknown model folder {folder!r}"}, status_code=404)
+    folders = state(request).folders
+    root = folders.models / folder
+
+    def files() -> list[dict[str, Any]]:
+        out = []
+        for name in folders.model_names(folder):
+            path = root / name
+            if path.is_file():
+                info = path.stat()
+                out.append({"name": name, "pathIndex": 0, "modified": info.st_mtime, "created": info.st_ctime,
+                            "size": info.st_size})
+        return out
+
+    return JSONResponse(await asyncio.to_thread(files))
 
 
 @router.get("/features")

@@ -1,5 +1,6 @@
 """The web UI: the published ComfyUI frontend (PyPI `comfyui-frontend-package`) served at `/`, and the small routes it
-needs beside the API (users, settings, user data, extensions, i18n, workflow templates)."""
+needs beside the API: users, settings, user data, extensions, i18n, workflow templates (served from every installed
+template package), global subgraphs, the user stylesheet, and ComfyUI's /internal routes (folders, files, logs)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from athena.server.comfy import MODEL_FOLDERS
 from athena.server.security import RequestRefused, confined_path
 
 router = APIRouter()
@@ -42,10 +44,18 @@ async def get_settings(request: Request) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+async def json_or_none(request: Request) -> tuple[bool, Any]:
+    """(True, the body's JSON value), or (False, None) when the body is not JSON."""
+    try:
+        return True, await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False, None
+
+
 @router.post("/settings")
 async def post_settings(request: Request) -> Response:
-    body = await request.json()
-    if not isinstance(body, dict):
+    ok, body = await json_or_none(request)
+    if not ok or not isinstance(body, dict):
         return JSONResponse({"error": "settings are a JSON object"}, status_code=400)
     current = await get_settings(request)
     current.update(body)
@@ -60,8 +70,11 @@ async def get_setting(request: Request, key: str) -> Any:
 
 @router.post("/settings/{key}")
 async def post_setting(request: Request, key: str) -> Response:
+    ok, value = await json_or_none(request)
+    if not ok:
+        return JSONResponse({"error": f"the value of setting {key!r} must be JSON"}, status_code=400)
     current = await get_settings(request)
-    current[key] = await request.json()
+    current[key] = value
     write_json(user_dir(request) / "comfy.settings.json", current)
     return Response(status_code=200)
 
@@ -85,8 +98,10 @@ async def list_userdata(request: Request, dir: str = "", recurse: bool = False, 
         folder = confined_path(root, "", dir) if dir else root
     except RequestRefused as e:
         return JSONResponse({"error": str(e)}, status_code=e.status)
+    if not folder.exists():
+        return JSONResponse([])  # nothing saved there yet (ComfyUI answers 404, which its frontend reads as empty)
     if not folder.is_dir():
-        return JSONResponse({"error": f"no folder {dir!r}"}, status_code=404)
+        return JSONResponse({"error": f"{dir!r} is not a folder"}, status_code=404)
     files = sorted(p for p in (folder.rglob("*") if recurse else folder.iterdir()) if p.is_file())
     rel = [p.relative_to(folder).as_posix() for p in files]
     if full_info:
@@ -161,15 +176,86 @@ async def workflow_templates() -> dict[str, Any]:
     return {}  # custom-node templates; the core templates are served under /templates
 
 
+@router.get("/global_subgraphs")
+async def global_subgraphs() -> dict[str, Any]:
+    return {}  # subgraph blueprints shipped by custom nodes: id -> {name, info, data}
+
+
+@router.get("/global_subgraphs/{subgraph_id}")
+async def global_subgraph(subgraph_id: str) -> Response:
+    return JSONResponse({"error": f"no subgraph {subgraph_id!r}"}, status_code=404)
+
+
+@router.get("/user.css", include_in_schema=False)
+async def user_css(request: Request) -> Response:
+    """The frontend links a user stylesheet; serve the user's `user.css` if they wrote one, else an empty one."""
+    path = user_dir(request) / "user.css"
+    return FileResponse(path, media_type="text/css") if path.is_file() else Response("", media_type="text/css")
+
+
+# ComfyUI's /internal routes (bare only, never under /api): what its frontend reads for folders, files and logs.
+internal = APIRouter(prefix="/internal", include_in_schema=False)
+
+
+@internal.get("/folder_paths")
+async def folder_paths(request: Request) -> dict[str, list[str]]:
+    models = request.app.state.athena.folders.models
+    return {folder: [str(models / folder)] for folder in MODEL_FOLDERS}
+
+
+@internal.get("/files/{directory_type}")
+async def internal_files(request: Request, directory_type: str) -> Response:
+    roots = {"output": request.app.state.athena.folders.output, "input": request.app.state.athena.folders.input,
+             "temp": request.app.state.athena.folders.temp}
+    if directory_type not in roots:
+        return JSONResponse({"error": "directory type is output, input or temp"}, status_code=400)
+    root = roots[directory_type]
+    files = [p for p in root.iterdir() if p.is_file()] if root.is_dir() else []
+    files.sort(key=lambda p: -p.stat().st_mtime)  # newest first
+    return JSONResponse([p.name for p in files])
+
+
+@internal.get("/logs")
+async def logs() -> str:
+    return ""  # the server log is not kept in memory; see `athena serve`'s output
+
+
+@internal.get("/logs/raw")
+async def logs_raw() -> dict[str, Any]:
+    return {"entries": [], "size": {"cols": 80, "rows": 24}}
+
+
+@internal.patch("/logs/subscribe")
+async def logs_subscribe() -> Response:
+    return Response(status_code=200)
+
+
+TEMPLATE_PACKAGES = ("comfyui_workflow_templates_json", "comfyui_workflow_templates_media_image",
+                     "comfyui_workflow_templates_media_other", "comfyui_workflow_templates_media_video",
+                     "comfyui_workflow_templates_media_api", "comfyui_workflow_templates_core")
+
+
+def template_dirs() -> list[Path]:
+    """The `templates/` folders of the installed workflow-template packages (ComfyUI splits one set over several)."""
+    return [d for d in (package_dir(m, "templates") for m in TEMPLATE_PACKAGES) if d is not None]
+
+
+async def template_file(request: Request, name: str) -> Response:
+    """`/templates/NAME` from whichever installed template package holds it."""
+    sub, _, base = name.rpartition("/")
+    for root in request.app.state.template_dirs:
+        path = confined_path(root, sub, base)
+        if path.is_file():
+            return FileResponse(path)
+    return JSONResponse({"error": f"no template file {name!r}"}, status_code=404)
+
+
 def add_frontend(app: FastAPI, config: Any) -> None:
     app.include_router(router)
     app.include_router(router, prefix="/api")
-    for module in ("comfyui_workflow_templates_json", "comfyui_workflow_templates_media_other",
-                   "comfyui_workflow_templates_media_image"):
-        templates = package_dir(module, "templates")
-        if templates is not None:
-            app.mount("/templates", StaticFiles(directory=templates), name="templates")
-            break
+    app.include_router(internal)
+    app.state.template_dirs = template_dirs()
+    app.add_api_route("/templates/{name:path}", template_file, methods=["GET"], include_in_schema=False)
     web = package_dir("comfyui_frontend_package", "static")
     if web is not None:
         app.mount("/", StaticFiles(directory=web, html=True), name="frontend")

@@ -138,7 +138,7 @@ async def get_job(job_id: str, request: Request) -> JobOut:
 @router.get("/jobs", response_model=list[JobOut])
 async def list_jobs(request: Request, state_: list[JobStatus] | None = Query(None, alias="state"),
                     client_id: str | None = None, limit: int = Query(50, ge=1, le=1000),
-                    offset: int = Query(0, ge=0)) -> list[JobOut]:
+                    offset: int = Query(0, ge=0, le=2**63 - 1)) -> list[JobOut]:
     st = state(request)
     jobs = await asyncio.to_thread(lambda: st.store.list(status=state_, client_id=client_id, limit=limit,
                                                          offset=offset))

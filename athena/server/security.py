@@ -526,6 +526,8 @@ def confined_path(root: Path, subfolder: str, filename: str) -> Path:
         problem = _path_problem(what, value)
         if problem is not None:
             raise problem
+        if any(len(part.encode()) > 255 for part in value.split("/")):  # the file system's limit per name
+            raise PathRefused(f"{what} has a part longer than 255 bytes", 400)
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, subfolder, filename))
     if os.path.commonpath([real_root, real]) != real_root or real == real_root:

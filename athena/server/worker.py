@@ -8,6 +8,7 @@ changed. A Ray worker (a later issue) implements the same interface.
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import threading
 import time
@@ -19,6 +20,8 @@ from athena.graph import events as ev
 from athena.graph.execute import Executor, RunResult
 from athena.server.hub import Hub, Message
 from athena.server.store import Job, JobStatus, JobStore
+
+log = logging.getLogger(__name__)
 
 
 class Worker(Protocol):
@@ -100,6 +103,7 @@ class LocalWorker:
         self._thread.start()
 
     def stop(self) -> None:
+        """Interrupt the running job (it is re-queued at the next start, not cancelled) and end the thread."""
         self._stop.set()
         self._wake.set()
         self.interrupt()
@@ -126,12 +130,16 @@ class LocalWorker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job = self.store.claim(self.name)
-            if job is None:
-                self._wake.wait(timeout=0.5)
-                self._wake.clear()
-                continue
-            self.run(job)
+            try:
+                job = self.store.claim(self.name)
+                if job is None:
+                    self._wake.wait(timeout=0.5)
+                    self._wake.clear()
+                    continue
+                self.run(job)
+            except Exception:  # the store is unusable for now (locked, disk full): log, back off, carry on
+                log.exception("worker %s: the job store failed; retrying in 5 s", self.name)
+                self._stop.wait(5.0)
 
     def run(self, job: Job) -> None:
         token = CancelToken()
@@ -173,6 +181,8 @@ class LocalWorker:
             self.hub.send(preview_frame(event.preview), client_id=job.client_id, job_id=job.id)
 
     def _finish(self, job: Job, result: RunResult) -> None:
+        if result.status == "interrupted" and self._stop.is_set():
+            return  # stop() interrupted it, not a user: it stays running in the store, and recover() re-queues it
         if result.status == "success":
             self.store.finish(job.id, JobStatus.SUCCEEDED, outputs=result.outputs,
                               files=output_files(result.outputs))
