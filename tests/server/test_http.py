@@ -173,3 +173,23 @@ def test_error_shapes(server):
     r = httpx.post(f"{server.url}/prompt", json={"prompt": {**failing, "11": {
         "class_type": "PreviewImage", "inputs": {"images": ["10", 0]}}}})
     assert r.status_code == 200 and "10" in r.json()["node_errors"]  # the valid output still runs
+
+
+def test_a_monitor_sees_every_clients_jobs_and_other_clients_see_none(server):
+    with connect(f"ws://127.0.0.1:{server.port}/ws?clientId=watcher&monitor=1") as monitor, \
+            connect(f"ws://127.0.0.1:{server.port}/ws?clientId=bystander") as bystander:
+        monitor.recv(timeout=10)
+        bystander.recv(timeout=10)
+        g = copy.deepcopy(BASIC)
+        g["3"]["inputs"]["seed"] = 77
+        prompt_id = httpx.post(f"{server.url}/prompt", json={"prompt": g, "client_id": "someone"}).json()["prompt_id"]
+        seen = follow(monitor, prompt_id)
+        assert "execution_success" in [m["type"] for m in seen]
+        others = []
+        try:
+            while True:
+                raw = bystander.recv(timeout=0.5)
+                others.append(raw if isinstance(raw, bytes) else json.loads(raw))
+        except TimeoutError:
+            pass
+    assert all(isinstance(m, dict) and m["type"] == "status" for m in others)  # only the broadcast queue status
