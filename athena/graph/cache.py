@@ -35,6 +35,7 @@ class Cache(Protocol):
     def put(self, key: str, entry: Entry) -> None: ...
     def begin(self, keys: set[str]) -> None: ...  # a run over these signatures starts
     def end(self) -> None: ...  # the run finished (or failed)
+    def clear(self) -> None: ...  # forget every result (ComfyUI's /free)
 
 
 def default_budget() -> int:
@@ -76,6 +77,9 @@ class LRU:
     def end(self) -> None:
         pass
 
+    def clear(self) -> None:
+        self.items.clear()
+
 
 class LastRun(LRU):
     """The last run's results only: at the start of a run, results that the new graph cannot use are dropped."""
@@ -98,6 +102,9 @@ class FreeEarly:
         pass
 
     def end(self) -> None:
+        pass
+
+    def clear(self) -> None:
         pass
 
 

@@ -62,6 +62,11 @@ class Executor:
         self.cache: Cache = cache if cache is not None else LastRun()
         self._lock = threading.Lock()
 
+    def clear_cache(self) -> None:
+        """Forget every cached result (waits for a running prompt to finish first)."""
+        with self._lock:
+            self.cache.clear()
+
     def run(self, prompt: dict[str, Any], *, prompt_id: str | None = None, sink: ev.Sink | None = None,
             cancel: CancelToken | None = None, extra: dict[str, Any] | None = None,
             targets: list[str] | None = None) -> RunResult:

@@ -264,7 +264,12 @@ async def post_interrupt(request: Request) -> Response:
 
 @router.post("/free")
 async def post_free(request: Request) -> Response:
-    return Response(status_code=200)  # the result cache is bounded by its budget; models are freed with it
+    """ComfyUI's {unload_models, free_memory}: either drops the cached results, and with them every model that
+    only the cache held (models are shared through weak references)."""
+    body = await json_body(request)
+    if body.get("unload_models") or body.get("free_memory"):
+        await asyncio.to_thread(state(request).worker.free)
+    return Response(status_code=200)
 
 
 # ---------------------------------------------------------------- files

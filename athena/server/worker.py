@@ -7,6 +7,7 @@ changed. A Ray worker (a later issue) implements the same interface.
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import struct
@@ -31,6 +32,7 @@ class Worker(Protocol):
     def interrupt(self, job_id: str | None = None) -> bool: ...  # the running job (if it is `job_id`)
     def running(self) -> str | None: ...
     def progress(self, job_id: str) -> dict[str, Any] | None: ...
+    def free(self) -> None: ...  # drop cached results (and so the models only they held), between jobs
 
 
 def comfy_message(event: Any) -> Message | None:
@@ -123,6 +125,11 @@ class LocalWorker:
                 return False
             self._current[1].cancel()
             return True
+
+    def free(self) -> None:
+        """Forget the result cache once the running job (if any) is done; models nobody else holds go with it."""
+        self.executor.clear_cache()
+        gc.collect()
 
     def progress(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:

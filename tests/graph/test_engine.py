@@ -318,3 +318,10 @@ def test_a_cached_output_reports_its_result_again():
     sink = ev.Collect()
     ex.run(chain(), sink=sink)
     assert [(e.node, e.output) for e in sink.of(ev.Executed)] == [("out", {"values": [4]})]
+
+
+def test_clearing_the_cache_runs_everything_again():
+    ex, log = executor()
+    ex.run(chain())
+    ex.clear_cache()
+    assert len(ex.run(chain()).executed) == 5

@@ -193,3 +193,17 @@ def test_a_monitor_sees_every_clients_jobs_and_other_clients_see_none(server):
         except TimeoutError:
             pass
     assert all(isinstance(m, dict) and m["type"] == "status" for m in others)  # only the broadcast queue status
+
+
+def test_free_drops_cached_results_so_the_next_run_executes_again(server):
+    client_id = str(uuid.uuid4())
+    with connect(f"ws://127.0.0.1:{server.port}/ws?clientId={client_id}") as ws:
+        ws.recv(timeout=10)
+        prompt_id = httpx.post(f"{server.url}/prompt", json={"prompt": BASIC, "client_id": client_id}).json()["prompt_id"]
+        follow(ws, prompt_id)
+        assert httpx.post(f"{server.url}/free", json={"unload_models": True, "free_memory": True}).status_code == 200
+        prompt_id = httpx.post(f"{server.url}/prompt", json={"prompt": BASIC, "client_id": client_id}).json()["prompt_id"]
+        messages = follow(ws, prompt_id)
+    cached = next(m for m in messages if m["type"] == "execution_cached")["data"]["nodes"]
+    ran = {m["data"]["node"] for m in messages if m["type"] == "executing" and m["data"]["node"] is not None}
+    assert cached == [] and ran == set(BASIC)
