@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from athena.errors import AthenaError
 from athena.graph.validate import comfy_node_errors
+from athena.media.files import atomic
 from athena.server.security import RequestRefused, confined_path, safe_upload_name, verify_image
 from athena.server.state import ServerState
 from athena.server.store import FINISHED, Job, JobStatus, QueueFull
@@ -398,9 +399,8 @@ def apply_mask(original: Path, mask_png: bytes, target: Path) -> None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    with atomic(path) as tmp:
+        tmp.write_bytes(data)
 
 
 # ---------------------------------------------------------------- information

@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from athena.server.comfy import MODEL_FOLDERS
+from athena.server.comfy import MODEL_FOLDERS, atomic_write
 from athena.server.security import RequestRefused, confined_path
 
 router = APIRouter()
@@ -80,9 +80,7 @@ async def post_setting(request: Request, key: str) -> Response:
 
 
 def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(value, indent=1).encode())
 
 
 def user_file(request: Request, name: str) -> Path:
@@ -143,10 +141,7 @@ async def post_userdata(request: Request, name: str, overwrite: bool = True, ful
     path = user_file(request, name)
     if path.exists() and not overwrite:
         return JSONResponse({"error": f"{name!r} exists"}, status_code=409)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_bytes(await request.body())
-    tmp.replace(path)
+    atomic_write(path, await request.body())
     rel = path.relative_to(user_dir(request)).as_posix()
     return JSONResponse({"path": rel, "size": path.stat().st_size, "modified": path.stat().st_mtime}
                         if full_info else rel)

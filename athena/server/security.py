@@ -305,7 +305,24 @@ def _own_origin(scope: Scope) -> Origin | None:
     return parse_origin(f"{scheme}://{hosts[0]}")
 
 
-class OriginGuard:
+class _Guard:
+    """A middleware that answers 403 with `refusal(scope)`'s reason, or passes the request on."""
+
+    app: ASGIApp
+
+    def refusal(self, scope: Scope) -> str | None:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            reason = self.refusal(scope)
+            if reason is not None:
+                await _refuse(scope, receive, send, 403, reason)
+                return
+        await self.app(scope, receive, send)
+
+
+class OriginGuard(_Guard):
     """Refuse cross-origin state-changing requests and WebSocket handshakes (the CVE-2024-10481 class).
 
     A request that may change state (any method but GET/HEAD/OPTIONS) or opens a WebSocket is refused
@@ -338,16 +355,9 @@ class OriginGuard:
         return (f"cross-origin request refused: Origin {origins[0][:100]!r} is not this server's origin; "
                 f"if that site is trusted, add it to the allowed origins (athena serve --allow-origin ORIGIN)")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            reason = self.refusal(scope)
-            if reason is not None:
-                await _refuse(scope, receive, send, 403, reason)
-                return
-        await self.app(scope, receive, send)
 
 
-class HostGuard:
+class HostGuard(_Guard):
     """Refuse requests whose Host header names another host: stops DNS rebinding against a tokenless loopback server."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str] = LOOPBACK_HOSTS) -> None:
@@ -366,13 +376,6 @@ class HostGuard:
         return (f"request refused: Host {split[0][:100]!r} is not this server's name; without a token the server "
                 f"only answers to loopback names (start it with --token to serve other names)")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            reason = self.refusal(scope)
-            if reason is not None:
-                await _refuse(scope, receive, send, 403, reason)
-                return
-        await self.app(scope, receive, send)
 
 
 # ---------------------------------------------------------------- body limit
