@@ -9,16 +9,31 @@ draw noise only from `generator` (ancestral noise) or from a Brownian tree seede
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from athena.diffusion import multistep, solvers
+from athena.diffusion.denoisers import ModelSampling
 from athena.diffusion.guidance import unconditional_pair
 from athena.diffusion.noise import NoiseSampler, brownian, gaussian, seed_of
 from athena.diffusion.progress import Denoiser, StepCallback
-from athena.diffusion.substeps import ancestral_step, batch, churn, report, to_d
+from athena.diffusion.substeps import (
+    alpha,
+    ancestral_split,
+    ancestral_step,
+    batch,
+    churn,
+    finite_snr,
+    half_log_snr,
+    is_flow,
+    report,
+    sigma_at,
+    to_d,
+)
 
 
 class Sampler(Protocol):
@@ -43,16 +58,17 @@ def euler(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Gene
 
 @torch.no_grad()
 def euler_ancestral(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
-                    callback: StepCallback | None = None, eta: float = 1.0) -> Tensor:
-    """Ancestral sampling with Euler steps."""
+                    callback: StepCallback | None = None, eta: float = 1.0,
+                    sampling: ModelSampling | None = None) -> Tensor:
+    """Ancestral sampling with Euler steps (on a flow model, ComfyUI's `euler_ancestral_RF`)."""
     noise = gaussian(x, generator)
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, batch(sigmas[i], x))
         report(callback, i, sigmas[i], x, x0)
-        down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        down, up, rescale = ancestral_split(sigmas[i], sigmas[i + 1], eta, sampling)
         x = x + to_d(x, sigmas[i], x0) * (down - sigmas[i])
         if sigmas[i + 1] > 0:
-            x = x + noise(sigmas[i], sigmas[i + 1]) * up
+            x = rescale * x + noise(sigmas[i], sigmas[i + 1]) * up
     return x
 
 
@@ -128,19 +144,20 @@ def _dpm_2_step(denoise: Denoiser, x: Tensor, d: Tensor, sigma: Tensor, sigma_ne
 
 @torch.no_grad()
 def dpm_2_ancestral(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
-                    callback: StepCallback | None = None, eta: float = 1.0) -> Tensor:
-    """Ancestral sampling with DPM-Solver-2 steps."""
+                    callback: StepCallback | None = None, eta: float = 1.0,
+                    sampling: ModelSampling | None = None) -> Tensor:
+    """Ancestral sampling with DPM-Solver-2 steps (on a flow model, ComfyUI's `dpm_2_ancestral_RF`)."""
     noise = gaussian(x, generator)
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, batch(sigmas[i], x))
         report(callback, i, sigmas[i], x, x0)
-        down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        down, up, rescale = ancestral_split(sigmas[i], sigmas[i + 1], eta, sampling)
         d = to_d(x, sigmas[i], x0)
         if down == 0:
             x = x + d * (down - sigmas[i])
         else:
             x = _dpm_2_step(denoise, x, d, sigmas[i], down)
-            x = x + noise(sigmas[i], sigmas[i + 1]) * up
+            x = rescale * x + noise(sigmas[i], sigmas[i + 1]) * up
     return x
 
 
@@ -148,52 +165,61 @@ def dpm_2_ancestral(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: 
 
 @torch.no_grad()
 def dpmpp_2s_ancestral(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
-                       callback: StepCallback | None = None, eta: float = 1.0) -> Tensor:
-    """Ancestral sampling with DPM-Solver++(2S) second-order single steps."""
+                       callback: StepCallback | None = None, eta: float = 1.0,
+                       sampling: ModelSampling | None = None) -> Tensor:
+    """Ancestral sampling with DPM-Solver++(2S) second-order single steps: a data-prediction step to the midpoint
+    in half log-SNR, then from x to sigma_down with the midpoint's estimate (on a flow model, ComfyUI's
+    `dpmpp_2s_ancestral_RF`, which also takes 0.9999 as the midpoint of a step from sigma = 1)."""
     noise = gaussian(x, generator)
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, batch(sigmas[i], x))
         report(callback, i, sigmas[i], x, x0)
-        down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        if down == 0:
+        down, up, rescale = ancestral_split(sigmas[i], sigmas[i + 1], eta, sampling)
+        if sigmas[i + 1] == 0 or down == 0:
             x = x + to_d(x, sigmas[i], x0) * (down - sigmas[i])
         else:
-            t, t_next = -sigmas[i].log(), -down.log()
-            h = t_next - t
-            s = t + h / 2
-            x_2 = ((-s).exp() / (-t).exp()) * x - (-h / 2).expm1() * x0
-            x0_2 = denoise(x_2, batch((-s).exp(), x))
-            x = ((-t_next).exp() / (-t).exp()) * x - (-h).expm1() * x0_2
-        if sigmas[i + 1] > 0:
-            x = x + noise(sigmas[i], sigmas[i + 1]) * up
+            if is_flow(sampling) and sigmas[i] == 1:
+                mid = torch.full_like(sigmas[i], 0.9999)
+            else:
+                mid = sigma_at(half_log_snr(sigmas[i], sampling).lerp(half_log_snr(down, sampling), 0.5), sampling)
+            x_2 = (mid / sigmas[i]) * x + (1 - mid / sigmas[i]) * x0
+            x0_2 = denoise(x_2, batch(mid, x))
+            x = (down / sigmas[i]) * x + (1 - down / sigmas[i]) * x0_2
+        if sigmas[i + 1] > 0 and eta:
+            x = rescale * x + noise(sigmas[i], sigmas[i + 1]) * up
     return x
 
 
 @torch.no_grad()
 def dpmpp_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
               callback: StepCallback | None = None, eta: float = 1.0, r: float = 0.5,
-              noise: NoiseSampler | None = None) -> Tensor:
-    """DPM-Solver++ (stochastic), two evaluations per step, Brownian-tree noise."""
+              noise: NoiseSampler | None = None, sampling: ModelSampling | None = None) -> Tensor:
+    """DPM-Solver++ (stochastic), two evaluations per step in half log-SNR, Brownian-tree noise."""
     noise = noise or brownian(x, sigmas, seed_of(generator))
+    sigmas = finite_snr(sigmas, sampling)
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, batch(sigmas[i], x))
         report(callback, i, sigmas[i], x, x0)
         if sigmas[i + 1] == 0:
             x = x + to_d(x, sigmas[i], x0) * (sigmas[i + 1] - sigmas[i])
             continue
-        t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
-        h = t_next - t
-        s = t + h * r
-        down, up = ancestral_step((-t).exp(), (-s).exp(), eta)
-        s_ = -down.log()
-        x_2 = (down / (-t).exp()) * x - (t - s_).expm1() * x0
-        x_2 = x_2 + noise((-t).exp(), (-s).exp()) * up
-        x0_2 = denoise(x_2, batch((-s).exp(), x))
-        down, up = ancestral_step((-t).exp(), (-t_next).exp(), eta)
-        t_next_ = -down.log()
+        lam_s, lam_t = half_log_snr(sigmas[i], sampling), half_log_snr(sigmas[i + 1], sampling)
+        lam_mid = lam_s + r * (lam_t - lam_s)
+        sigma_mid = sigma_at(lam_mid, sampling)
+        a_s, a_mid, a_t = (alpha(v, sampling) for v in (sigmas[i], sigma_mid, sigmas[i + 1]))
+        # the tree is queried where the references query it: k-diffusion at exp(-lambda), ComfyUI's flow at sigma
+        q_s, q_t = (sigmas[i], sigmas[i + 1]) if is_flow(sampling) else (sigma_at(lam_s, None), sigma_at(lam_t, None))
+        # each sub-step is an ancestral one in the variance-exploding variable sigma / alpha = exp(-lambda)
+        down, up = ancestral_step(lam_s.neg().exp(), lam_mid.neg().exp(), eta)
+        h = -down.log() - lam_s
+        x_2 = (a_mid / a_s) * (-h).exp() * x - a_mid * (-h).expm1() * x0
+        x_2 = x_2 + a_mid * noise(q_s, sigma_mid) * up
+        x0_2 = denoise(x_2, batch(sigma_mid, x))
+        down, up = ancestral_step(lam_s.neg().exp(), lam_t.neg().exp(), eta)
+        h = -down.log() - lam_s
         x0_d = (1 - 1 / (2 * r)) * x0 + 1 / (2 * r) * x0_2
-        x = (down / (-t).exp()) * x - (t - t_next_).expm1() * x0_d
-        x = x + noise((-t).exp(), (-t_next).exp()) * up
+        x = (a_t / a_s) * (-h).exp() * x - a_t * (-h).expm1() * x0_d
+        x = x + a_t * noise(q_s, q_t) * up
     return x
 
 
@@ -220,9 +246,10 @@ def dpmpp_2m(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.G
 @torch.no_grad()
 def dpmpp_2m_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
                  callback: StepCallback | None = None, eta: float = 1.0, solver: str = "midpoint",
-                 noise: NoiseSampler | None = None) -> Tensor:
-    """DPM-Solver++(2M) SDE (midpoint or heun correction), Brownian-tree noise."""
+                 noise: NoiseSampler | None = None, sampling: ModelSampling | None = None) -> Tensor:
+    """DPM-Solver++(2M) SDE (midpoint or heun correction) in half log-SNR, Brownian-tree noise."""
     noise = noise or brownian(x, sigmas, seed_of(generator))
+    sigmas = finite_snr(sigmas, sampling)
     old_x0, h_last = None, None
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, batch(sigmas[i], x))
@@ -230,16 +257,17 @@ def dpmpp_2m_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: tor
         if sigmas[i + 1] == 0:
             x = x0
         else:
-            h = -sigmas[i + 1].log() - -sigmas[i].log()
-            eta_h = eta * h
-            x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * x0
+            h = half_log_snr(sigmas[i + 1], sampling) - half_log_snr(sigmas[i], sampling)
+            h_eta = h * (eta + 1)
+            a_t = alpha(sigmas[i + 1], sampling)
+            phi = (-h_eta).expm1().neg()
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + a_t * phi * x0
             if old_x0 is not None:
                 assert h_last is not None
-                phi = (-h - eta_h).expm1().neg()
-                scale = (phi / (-h - eta_h) + 1) if solver == "heun" else 0.5 * phi
-                x = x + scale * (1 / (h_last / h)) * (x0 - old_x0)
+                scale = (phi / (-h_eta) + 1) if solver == "heun" else 0.5 * phi
+                x = x + a_t * scale * (1 / (h_last / h)) * (x0 - old_x0)
             if eta:
-                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt()
+                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt()
             h_last = h
         old_x0 = x0
     return x
@@ -247,9 +275,11 @@ def dpmpp_2m_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: tor
 
 @torch.no_grad()
 def dpmpp_3m_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
-                 callback: StepCallback | None = None, eta: float = 1.0, noise: NoiseSampler | None = None) -> Tensor:
-    """DPM-Solver++(3M) SDE, Brownian-tree noise."""
+                 callback: StepCallback | None = None, eta: float = 1.0, noise: NoiseSampler | None = None,
+                 sampling: ModelSampling | None = None) -> Tensor:
+    """DPM-Solver++(3M) SDE in half log-SNR, Brownian-tree noise."""
     noise = noise or brownian(x, sigmas, seed_of(generator))
+    sigmas = finite_snr(sigmas, sampling)
     x0_1 = x0_2 = h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, batch(sigmas[i], x))
@@ -257,9 +287,11 @@ def dpmpp_3m_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: tor
         if sigmas[i + 1] == 0:
             x = x0
         else:
-            h = -sigmas[i + 1].log() - -sigmas[i].log()
+            h = half_log_snr(sigmas[i + 1], sampling) - half_log_snr(sigmas[i], sampling)
             h_eta = h * (eta + 1)
-            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * x0
+            a_t = alpha(sigmas[i + 1], sampling)
+            # sigma_t / sigma_s e^(-h eta), written as k-diffusion writes it for alpha = 1
+            x = a_t / alpha(sigmas[i], sampling) * (-h_eta).exp() * x + a_t * (-h_eta).expm1().neg() * x0
             phi_2 = h_eta.neg().expm1() / h_eta + 1
             if h_2 is not None:
                 assert h_1 is not None and x0_1 is not None and x0_2 is not None
@@ -267,10 +299,10 @@ def dpmpp_3m_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: tor
                 d1_0, d1_1 = (x0 - x0_1) / r0, (x0_1 - x0_2) / r1
                 d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
                 d2 = (d1_0 - d1_1) / (r0 + r1)
-                x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
+                x = x + a_t * phi_2 * d1 - a_t * (phi_2 / h_eta - 0.5) * d2
             elif h_1 is not None:
                 assert x0_1 is not None
-                x = x + phi_2 * (x0 - x0_1) / (h_1 / h)
+                x = x + a_t * phi_2 * (x0 - x0_1) / (h_1 / h)
             if eta:
                 x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt()
             h_1, h_2 = h, h_1
@@ -303,7 +335,7 @@ def ddpm(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Gener
 
 @torch.no_grad()
 def lcm(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
-        callback: StepCallback | None = None) -> Tensor:
+        callback: StepCallback | None = None, sampling: ModelSampling | None = None) -> Tensor:
     """Latent Consistency Model sampling (Luo et al. 2023): jump to x0, then re-noise to the next sigma."""
     noise = gaussian(x, generator)
     for i in range(len(sigmas) - 1):
@@ -311,7 +343,7 @@ def lcm(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Genera
         report(callback, i, sigmas[i], x, x0)
         x = x0
         if sigmas[i + 1] > 0:
-            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+            x = alpha(sigmas[i + 1], sampling) * x0 + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
     return x
 
 
@@ -319,29 +351,30 @@ def lcm(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Genera
 
 @torch.no_grad()
 def euler_cfg_pp(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
-                 callback: StepCallback | None = None) -> Tensor:
+                 callback: StepCallback | None = None, sampling: ModelSampling | None = None) -> Tensor:
     """Euler with CFG++: step from the guided x0 along the unconditional noise direction."""
-    pair = unconditional_pair(denoise)
-    for i in range(len(sigmas) - 1):
-        x0, x0_u = pair(x, batch(sigmas[i], x))
-        report(callback, i, sigmas[i], x, x0)
-        x = x0 + to_d(x, sigmas[i], x0_u) * sigmas[i + 1]
-    return x
+    return euler_ancestral_cfg_pp(denoise, x, sigmas, generator=generator, callback=callback, eta=0.0,
+                                  sampling=sampling)
 
 
 @torch.no_grad()
 def euler_ancestral_cfg_pp(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
-                           callback: StepCallback | None = None, eta: float = 1.0) -> Tensor:
-    """Ancestral Euler with CFG++."""
+                           callback: StepCallback | None = None, eta: float = 1.0,
+                           sampling: ModelSampling | None = None) -> Tensor:
+    """Ancestral Euler with CFG++, the ancestral split taken in sigma / alpha (DDIM's stochastic step)."""
     noise = gaussian(x, generator)
     pair = unconditional_pair(denoise)
     for i in range(len(sigmas) - 1):
         x0, x0_u = pair(x, batch(sigmas[i], x))
         report(callback, i, sigmas[i], x, x0)
-        down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        x = x0 + to_d(x, sigmas[i], x0_u) * down
-        if sigmas[i + 1] > 0:
-            x = x + noise(sigmas[i], sigmas[i + 1]) * up
+        if sigmas[i + 1] == 0:
+            x = x0
+            continue
+        a_s, a_t = alpha(sigmas[i], sampling), alpha(sigmas[i + 1], sampling)
+        down, up = ancestral_step(sigmas[i] / a_s, sigmas[i + 1] / a_t, eta)
+        x = a_t * x0 + a_t * down * to_d(x, sigmas[i], a_s * x0_u)
+        if eta:
+            x = x + a_t * noise(sigmas[i], sigmas[i + 1]) * up
     return x
 
 
@@ -369,10 +402,13 @@ def dpmpp_2m_cfg_pp(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: 
 
 @torch.no_grad()
 def er_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
-           callback: StepCallback | None = None, max_stage: int = 3, noise: NoiseSampler | None = None) -> Tensor:
+           callback: StepCallback | None = None, max_stage: int = 3, noise: NoiseSampler | None = None,
+           sampling: ModelSampling | None = None) -> Tensor:
     """Extended reverse-time SDE solver, up to third order, with ComfyUI's default noise scale function
     f(l) = l (e^(l^0.3) + 10); the integrals of 1/f are taken with 200 rectangle points as in the reference."""
     noise = noise or gaussian(x, generator)
+    sigmas = finite_snr(sigmas, sampling)
+    lams = sigmas / alpha(sigmas, sampling)  # ER-SDE's lambda, exp(-half log-SNR)
     points = torch.arange(0, 200, dtype=torch.float32, device=x.device)
 
     def scale(v: Tensor) -> Tensor:
@@ -385,24 +421,25 @@ def er_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Gen
         if sigmas[i + 1] == 0:
             x = x0
         else:
-            lam_s, lam_t = sigmas[i], sigmas[i + 1]  # ER-SDE's lambda is sigma for variance-preserving models
+            lam_s, lam_t = lams[i], lams[i + 1]
+            a_t = sigmas[i + 1] / lam_t
             r = scale(lam_t) / scale(lam_s)
-            x = r * x + (1 - r) * x0
+            x = a_t / (sigmas[i] / lam_s) * r * x + a_t * (1 - r) * x0
             stage = min(max_stage, i + 1)
             if stage >= 2:
                 assert old_x0 is not None
                 dt = lam_t - lam_s
                 step = -dt / 200
                 pos = lam_t + points * step
-                x0_d = (x0 - old_x0) / (lam_s - sigmas[i - 1])
-                x = x + (dt + (1 / scale(pos)).sum() * step * scale(lam_t)) * x0_d
+                x0_d = (x0 - old_x0) / (lam_s - lams[i - 1])
+                x = x + a_t * (dt + (1 / scale(pos)).sum() * step * scale(lam_t)) * x0_d
                 if stage >= 3:
                     assert old_x0_d is not None
                     s_u = ((pos - lam_s) / scale(pos)).sum() * step
-                    x0_u = (x0_d - old_x0_d) / ((lam_s - sigmas[i - 2]) / 2)
-                    x = x + (dt ** 2 / 2 + s_u * scale(lam_t)) * x0_u
+                    x0_u = (x0_d - old_x0_d) / ((lam_s - lams[i - 2]) / 2)
+                    x = x + a_t * (dt ** 2 / 2 + s_u * scale(lam_t)) * x0_u
                 old_x0_d = x0_d
-            x = x + noise(sigmas[i], sigmas[i + 1]) * (lam_t ** 2 - lam_s ** 2 * r ** 2).sqrt().nan_to_num(nan=0.0)
+            x = x + a_t * noise(sigmas[i], sigmas[i + 1]) * (lam_t ** 2 - lam_s ** 2 * r ** 2).sqrt().nan_to_num(nan=0.0)
         old_x0 = x0
     return x
 
@@ -443,3 +480,11 @@ SAMPLERS: dict[str, Sampler] = {
 # Samplers whose schedule is computed for steps + 1 and loses its second-to-last sigma (as in ComfyUI), because
 # their last steps would otherwise be wasted on a tiny interval.
 DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
+
+
+def for_model(sampler: Sampler, sampling: ModelSampling) -> Sampler:
+    """`sampler` told the model's noise process when it takes it (the ancestral, SDE, CFG++ and LCM samplers, whose
+    steps differ on a flow model; ComfyUI switches them on CONST model sampling)."""
+    if "sampling" in inspect.signature(sampler).parameters:
+        return functools.partial(sampler, sampling=sampling)  # type: ignore[return-value]
+    return sampler

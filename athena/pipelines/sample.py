@@ -17,7 +17,7 @@ from athena.cancel import CancelToken
 from athena.diffusion.denoisers import ModelSampling, Net, discrete_sampling
 from athena.diffusion.guidance import CFGDenoiser, cfg
 from athena.diffusion.progress import Denoiser, Step
-from athena.diffusion.samplers import DISCARD_PENULTIMATE, SAMPLERS, Sampler
+from athena.diffusion.samplers import DISCARD_PENULTIMATE, SAMPLERS, Sampler, for_model
 from athena.diffusion.schedules import sigmas_for
 from athena.errors import ConfigError
 from athena.models.unet import UNet
@@ -107,7 +107,7 @@ def run_sampler(sampler: Sampler, guided: Denoiser, ms: ModelSampling, latent: T
             callback(s)
 
     # ComfyUI seeds the samplers' own noise afresh from the same seed (a separate generator from the initial noise).
-    x = sampler(denoiser, x, sigmas, generator=torch.Generator("cpu").manual_seed(seed), callback=step)
+    x = for_model(sampler, ms)(denoiser, x, sigmas, generator=torch.Generator("cpu").manual_seed(seed), callback=step)
     x = ms.inverse_noise(x, sigmas[-1].expand(batch))
     if mask is not None:
         x = x * mask + latent * (1 - mask)
