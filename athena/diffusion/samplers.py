@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -486,5 +486,6 @@ def for_model(sampler: Sampler, sampling: ModelSampling) -> Sampler:
     """`sampler` told the model's noise process when it takes it (the ancestral, SDE, CFG++ and LCM samplers, whose
     steps differ on a flow model; ComfyUI switches them on CONST model sampling)."""
     if "sampling" in inspect.signature(sampler).parameters:
-        return functools.partial(sampler, sampling=sampling)  # type: ignore[return-value]
+        fn: Any = sampler  # the Sampler protocol does not name the keyword
+        return functools.partial(fn, sampling=sampling)
     return sampler

@@ -81,7 +81,7 @@ def test_sde_samplers_are_k_diffusion_in_the_variance_exploding_variable(name, k
     start = snr_sigmas(sigmas)
     s = start / (1 - start)
     y = x / (1 - start[0])
-    model = lambda y_, s_, **kw: as_variance_exploding(denoise)(y_, s_)  # noqa: E731
+    model = lambda y_, s_, **kw: as_variance_exploding(denoise)(y_, s_)
     ref = getattr(K, f"sample_{name}")(model, y, s, disable=True, noise_sampler=Recorded(x.shape), **kwargs)
     torch.testing.assert_close(ours, ref, atol=1e-8, rtol=1e-7)
 
@@ -106,9 +106,9 @@ def test_euler_ancestral_cfg_pp_without_guidance_is_k_diffusion_euler_ancestral_
     ours = SAMPLERS["euler_ancestral_cfg_pp"](denoise, x.clone(), sigmas, sampling=FLOW,
                                               generator=torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
-    noise = lambda a, b: torch.randn(x.shape, generator=g, dtype=x.dtype)  # noqa: E731
+    noise = lambda a, b: torch.randn(x.shape, generator=g, dtype=x.dtype)
     s = sigmas / (1 - sigmas)
-    model = lambda y_, s_, **kw: as_variance_exploding(denoise)(y_, s_)  # noqa: E731
+    model = lambda y_, s_, **kw: as_variance_exploding(denoise)(y_, s_)
     ref = K.sample_euler_ancestral(model, x / (1 - sigmas[0]), s, disable=True, noise_sampler=noise)
     torch.testing.assert_close(ours, ref, atol=1e-8, rtol=1e-7)
 
@@ -134,7 +134,7 @@ def test_dpmpp_2s_without_noise_is_k_diffusion_in_the_variance_exploding_variabl
     x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ours = SAMPLERS["dpmpp_2s_ancestral"](denoise, x.clone(), sigmas, sampling=FLOW, eta=0.0)
     s = sigmas / (1 - sigmas)
-    model = lambda y_, s_, **kw: as_variance_exploding(denoise)(y_, s_)  # noqa: E731
+    model = lambda y_, s_, **kw: as_variance_exploding(denoise)(y_, s_)
     ref = K.sample_dpmpp_2s_ancestral(model, x / (1 - sigmas[0]), s, disable=True, eta=0.0)
     torch.testing.assert_close(ours, ref, atol=1e-8, rtol=1e-7)
 
