@@ -20,9 +20,10 @@ def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float = 1.0) -> tuple
     sigma_up, with sigma_down^2 + sigma_up^2 = sigma_next^2 (k-diffusion's `get_ancestral_step`)."""
     if not eta:
         return sigma_next, torch.zeros_like(sigma_next)
-    if torch.isinf(sigma):  # from pure noise (a flow model's sigma / alpha at sigma = 1): all fresh noise, the limit
-        up = torch.minimum(sigma_next, eta * sigma_next)
-        return (sigma_next ** 2 - up ** 2) ** 0.5, up
+    if torch.isinf(sigma):
+        # From pure noise (a flow model's sigma / alpha at sigma = 1): all fresh noise whatever eta, as ComfyUI's
+        # CFG++ steps end up doing (there the split's NaN loses to sigma_next in Python's min).
+        return torch.zeros_like(sigma_next), sigma_next
     up = torch.minimum(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
     return (sigma_next ** 2 - up ** 2) ** 0.5, up
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +38,7 @@ from athena.diffusion.denoisers import (
     discrete_sampling,
     flow_sampling,
 )
+from athena.diffusion.progress import Step
 from athena.errors import ConfigError
 from athena.models.clip import CLIPTextModel
 from athena.models.unet import UNet, UNetConfig
@@ -148,13 +149,14 @@ class PixelDDPM:
 
     @torch.no_grad()
     def generate(self, labels: Tensor | None, n: int, *, seed: int, steps: int = 50, sampler: str = "euler",
-                 scheduler: str = "normal", guidance: float = 1.0) -> Tensor:
+                 scheduler: str = "normal", guidance: float = 1.0,
+                 callback: Callable[[Step], None] | None = None) -> Tensor:
         """n images in [-1, 1] (grey images repeated to RGB), of the given classes when conditional."""
         pos = self.cond(labels) if labels is not None else self.cond(None).expand(n)
         neg = self.cond(torch.zeros(n, dtype=torch.long), torch.zeros(n)) if self.classes else self.cond(None).expand(n)
         # guidance 1 evaluates the conditional model alone
         x = sample_latent(self.unet, pos, neg, torch.zeros(n, *self.shape, device=self.device), seed=seed, steps=steps,
-                          sampler=sampler, scheduler=scheduler, guidance=guidance, sampling=self.ms)
+                          sampler=sampler, scheduler=scheduler, guidance=guidance, sampling=self.ms, callback=callback)
         return x.clamp(-1, 1).expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.clamp(-1, 1)
 
     def samples(self) -> Tensor:

@@ -12,6 +12,7 @@ from kdiffusion import load_sampling
 from mixture import mixture
 
 from athena.diffusion.denoisers import flow_sampling, flow_shift
+from athena.diffusion.guidance import cfg
 from athena.diffusion.samplers import SAMPLERS, for_model
 from athena.diffusion.schedules import SCHEDULERS
 
@@ -50,9 +51,10 @@ class Recorded:
 
     def __init__(self, shape, n=64, seed=7):
         g = torch.Generator().manual_seed(seed)
-        self.draws, self.i = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(n)], 0
+        self.draws, self.i, self.asked = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(n)], 0, []
 
     def __call__(self, sigma, sigma_next):
+        self.asked.append((float(sigma), float(sigma_next)))
         self.i += 1
         return self.draws[self.i - 1]
 
@@ -76,9 +78,12 @@ def test_sde_samplers_are_k_diffusion_in_the_variance_exploding_variable(name, k
     sigmas = flow_sigmas()
     x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ours_kwargs = {"solver": kwargs["solver_type"]} if kwargs else {}
-    ours = SAMPLERS[name](denoise, x.clone(), sigmas, noise=Recorded(x.shape), sampling=FLOW, **ours_kwargs)
+    noise = Recorded(x.shape)
+    ours = SAMPLERS[name](denoise, x.clone(), sigmas, noise=noise, sampling=FLOW, **ours_kwargs)
 
     start = snr_sigmas(sigmas)
+    if name != "dpmpp_sde":  # the multistep SDEs draw once a step, over the step (a Brownian increment)
+        assert noise.asked == [(float(start[i]), float(start[i + 1])) for i in range(len(start) - 2)]
     s = start / (1 - start)
     y = x / (1 - start[0])
     model = lambda y_, s_, **kw: as_variance_exploding(denoise)(y_, s_)
@@ -193,3 +198,57 @@ def test_the_pipeline_gives_a_flow_model_the_flow_steps():
     direct = SAMPLERS["dpmpp_2m_sde"](gaussian_flow_denoiser, noise.clone(), sigmas, sampling=FLOW,
                                       generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(out, direct, atol=1e-6, rtol=1e-6)
+
+
+def test_the_rf_split_is_comfyuis_for_any_eta():
+    """One euler_ancestral step on a flow model at eta 0.5, against ComfyUI's `sample_euler_ancestral_RF` written
+    out: down to sigma_down = sigma_next (1 + (sigma_next / sigma - 1) eta), the flow Euler step there, then
+    x alpha_next / alpha_down plus noise of std sqrt(sigma_next^2 - (sigma_down alpha_next / alpha_down)^2).
+    (At eta 1 and 0 any valid split agrees with it, so only an eta in between pins the formula.)"""
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigmas = torch.tensor([0.8, 0.5, 0.0], dtype=torch.float64)
+    denoise = flow_denoiser(mixture(torch.float64))
+    out = []
+    SAMPLERS["euler_ancestral"](denoise, x.clone(), sigmas, sampling=FLOW, eta=0.5,
+                                generator=torch.Generator().manual_seed(3),
+                                callback=lambda step: out.append(step.x) if step.i == 1 else None)
+    s, sn, eta = 0.8, 0.5, 0.5
+    down = sn * (1 + (sn / s - 1) * eta)
+    x0 = denoise(x, torch.full((64,), s, dtype=torch.float64))
+    n = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = (1 - sn) / (1 - down) * ((down / s) * x + (1 - down / s) * x0)
+    expected = expected + n * (sn ** 2 - (down * (1 - sn) / (1 - down)) ** 2) ** 0.5
+    torch.testing.assert_close(out[0], expected, atol=1e-12, rtol=1e-12)
+
+
+class Shift:
+    """A toy conditioning: a per-sample offset of the estimate, concatenating along the batch."""
+
+    def __init__(self, shift):
+        self.shift = shift
+
+    def cat(self, other):
+        return Shift(torch.cat([self.shift, other.shift]))
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_guided_cfg_pp_is_the_variance_exploding_one_in_the_transformed_variable(eta):
+    """With real guidance (x0 != x0_uncond), so the signal scales of the guided and the unconditional estimates
+    are both pinned; from sigma = 1, whose split ComfyUI makes all noise."""
+    mix = mixture(torch.float64)
+    flow = flow_denoiser(mix)
+    ve = as_variance_exploding(flow)
+    cond, uncond = Shift(torch.ones(256, dtype=torch.float64)), Shift(-torch.ones(256, dtype=torch.float64))
+    guided_flow = cfg(lambda x, s, c: flow(x, s) + 0.1 * c.shift[:, None], cond, uncond, 3.0)
+    guided_ve = cfg(lambda y, s, c: ve(y, s) + 0.1 * c.shift[:, None], cond, uncond, 3.0)
+    sigmas = flow_sigmas()
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = SAMPLERS["euler_ancestral_cfg_pp"](guided_flow, x.clone(), sigmas, sampling=FLOW, eta=eta,
+                                              generator=torch.Generator().manual_seed(3))
+    # at sigma = 1 the VE variable is infinite: take the first step by hand (all fresh noise), then continue
+    g = torch.Generator().manual_seed(3)
+    x0 = guided_flow(x, torch.ones(256, dtype=torch.float64))
+    s = sigmas / (1 - sigmas)
+    y = x0 + torch.randn(x.shape, generator=g, dtype=torch.float64) * s[1]
+    rest = SAMPLERS["euler_ancestral_cfg_pp"](guided_ve, y, s[1:], eta=eta, generator=g)
+    torch.testing.assert_close(ours, rest, atol=1e-8, rtol=1e-7)
