@@ -35,8 +35,9 @@ from athena.training.tasks import PixelDDPM  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 # The short runs first, so an interrupted report still has them.
-METHODS = {"DDIM, 50 steps": ("ddim", "ddim_uniform", 50), "DDIM, 100 steps": ("ddim", "ddim_uniform", 100),
-           "DDPM, 1000 steps": ("ddpm", "simple", 1000)}
+METHODS = {"ddim50": ("DDIM, 50 steps", "ddim", "ddim_uniform", 50),
+           "ddim100": ("DDIM, 100 steps", "ddim", "ddim_uniform", 100),
+           "ddpm1000": ("DDPM, 1000 steps", "ddpm", "simple", 1000)}
 
 
 def inception() -> torch.jit.ScriptModule:
@@ -86,8 +87,10 @@ def main() -> None:
     real_incep, real_clf = inception_features(net, real), clf.features(classifier_view(real))
     labels = torch.arange(args.n) % 10
     rows = []
-    for name in args.methods.split(","):
-        sampler, scheduler, steps = METHODS[name]
+    for key in args.methods.split(","):
+        if key not in METHODS:
+            raise SystemExit(f"unknown method {key!r}; choose from {','.join(METHODS)}")
+        name, sampler, scheduler, steps = METHODS[key]
         t0 = time.perf_counter()
         x = torch.cat([model.generate(labels[i:i + args.batch], len(labels[i:i + args.batch]), seed=i, steps=steps,
                                       sampler=sampler, scheduler=scheduler, callback=progress(name, i, args.n, t0))
