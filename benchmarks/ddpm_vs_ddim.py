@@ -97,15 +97,19 @@ def main() -> None:
     labels = torch.arange(args.n) % 10
     header = ["sampling", "NFE", "samples", "class accuracy", "FID", "FD (classifier)", "seconds"]
 
-    def scored(name: str, steps: int, x: Tensor, incep: Tensor, seconds: float) -> list[str]:
+    def scored(name: str, steps: int, x: Tensor, incep: Tensor, seconds: float, want: Tensor) -> list[str]:
         n = len(x)
         with torch.no_grad():
-            acc = float((clf(classifier_view(x)).argmax(1) == labels[:n]).float().mean())
+            acc = float((clf(classifier_view(x)).argmax(1) == want[:n]).float().mean())
             fd_clf = frechet_distance(clf.features(classifier_view(x)), real_clf[:n])
         fid = frechet_distance(incep, real_incep[:n])
         return [name, f"{steps}", f"{n}", f"{acc:.1%}", f"{fid:.2f}", f"{fd_clf:.3f}", f"{seconds:.0f}"]
 
-    rows, made = [], []
+    # the floor: as many real images of the training split, scored the same way (FID and FD are not 0 between two
+    # samples of one distribution, and grow as n shrinks)
+    train = FashionMNIST("train").batch(range(args.n))
+    rows, made = [], [("real (train split)", 0, train.images, inception_features(net, train.images), 0.0, train.labels)]
+    rows.append(scored(*made[0]))
     for key in args.methods.split(","):
         if key not in METHODS:
             raise SystemExit(f"unknown method {key!r}; choose from {','.join(METHODS)}")
@@ -119,15 +123,15 @@ def main() -> None:
         print(file=sys.stderr)
         seconds = time.perf_counter() - t0
         incep = inception_features(net, x)
-        made.append((name, steps, x, incep, seconds))
-        rows.append(scored(name, steps, x, incep, seconds))
+        made.append((name, steps, x, incep, seconds, labels))
+        rows.append(scored(name, steps, x, incep, seconds, labels))
         OUT.mkdir(parents=True, exist_ok=True)
         order = torch.argsort(labels[:80], stable=True)
         image_grid(x[:80][order], columns=8).save(OUT / f"ddpm_{sampler}_{steps}.png")
         print(fmt_table(header, rows[-1:]), flush=True)
-    m = min(len(x) for _, _, x, _, _ in made)
+    m = min(len(x) for _, _, x, _, _, _ in made)
     if m < args.n:  # the same rows on their first m samples: FID is biased by n, so compare at equal n
-        rows += [scored(name, steps, x[:m], incep[:m], float("nan")) for name, steps, x, incep, _ in made
+        rows += [scored(name, steps, x[:m], incep[:m], float("nan"), want) for name, steps, x, incep, _, want in made
                  if len(x) > m]
     print(f"# {args.model}: class-conditional samples (cfg 1) vs as many Fashion-MNIST test images")
     print(fmt_table(header, rows))
