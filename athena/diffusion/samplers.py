@@ -408,7 +408,8 @@ def er_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Gen
     f(l) = l (e^(l^0.3) + 10); the integrals of 1/f are taken with 200 rectangle points as in the reference."""
     noise = noise or gaussian(x, generator)
     sigmas = finite_snr(sigmas, sampling)
-    lams = sigmas / alpha(sigmas, sampling)  # ER-SDE's lambda, exp(-half log-SNR)
+    alphas = alpha(sigmas, sampling)
+    lams = sigmas / alphas  # ER-SDE's lambda, exp(-half log-SNR)
     points = torch.arange(0, 200, dtype=torch.float32, device=x.device)
 
     def scale(v: Tensor) -> Tensor:
@@ -422,9 +423,9 @@ def er_sde(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Gen
             x = x0
         else:
             lam_s, lam_t = lams[i], lams[i + 1]
-            a_t = sigmas[i + 1] / lam_t
+            a_t = alphas[i + 1]
             r = scale(lam_t) / scale(lam_s)
-            x = a_t / (sigmas[i] / lam_s) * r * x + a_t * (1 - r) * x0
+            x = a_t / alphas[i] * r * x + a_t * (1 - r) * x0
             stage = min(max_stage, i + 1)
             if stage >= 2:
                 assert old_x0 is not None
