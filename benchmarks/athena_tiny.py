@@ -2,6 +2,7 @@
 
     python benchmarks/athena_tiny.py                  # athena-tiny, 200 captions, default settings
     python benchmarks/athena_tiny.py --model runs/t2i/model.safetensors --n 50
+    python benchmarks/athena_tiny.py --vae-only --model runs/vae/model.safetensors   # a VAE's ceiling, before t2i
 
 For each of --n random captions `a {fg} {item} on a {bg} background` (one seed each, default sampler, steps and
 cfg), the script reads back from the image:
@@ -117,6 +118,15 @@ def diffusers_runner(model: Path, folder: Path, req: GenerateRequest, size: int)
                        sigmas=sigmas, generator=torch.Generator("cpu").manual_seed(req.seed), output_type="pt").images
 
 
+def vae_ceiling(vae: torch.nn.Module, real: FashionColors, images: torch.Tensor, clf: FashionClassifier) -> dict[str, float]:
+    """The analysis on real test images sent through the autoencoder and back: the best a U-Net could reach."""
+    n = len(images)
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(vae.encode(images[i:i + 50].float()).mode()).clamp(-1, 1) for i in range(0, n, 50)])
+    return score([np.asarray(im, dtype=np.float64) for im in to_images(rec)], real.fg[:n].tolist(), real.bg[:n].tolist(),
+                 real.labels[:n].tolist(), clf)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=BUNDLED)
@@ -124,6 +134,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the caption draw")
     ap.add_argument("--runs", type=int, default=7, help="timed runs per implementation")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--vae-only", action="store_true",
+                    help="--model is an autoencoder (`athena train --task=vae`): print only its ceiling")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = bundled_model() if args.model == BUNDLED else Path(args.model)
@@ -135,13 +147,13 @@ def main() -> None:
     imgs = [np.asarray(im, dtype=np.float64) for im in to_images(b.images)]
     real_scores = score(imgs, real.fg[: args.n].tolist(), real.bg[: args.n].tolist(), real.labels[: args.n].tolist(), clf)
 
+    if args.vae_only:
+        vae_scores = vae_ceiling(open_checkpoint(model).load_vae(torch.device("cpu")), real, b.images, clf)
+        print(fmt_table(["measure", "real test images", "real, through the VAE"],
+                        [[k, f"{real_scores[k]:.1%}", f"{vae_scores[k]:.1%}"] for k in BARS]))
+        return
     pipe = load(model)
-    # the VAE's own ceiling: the same test images through the model's autoencoder and back
-    with torch.no_grad():
-        rec = torch.cat([pipe.vae.decode(pipe.vae.encode(b.images[i:i + 50].float()).mode()).clamp(-1, 1)
-                         for i in range(0, args.n, 50)])
-    vae_scores = score([np.asarray(im, dtype=np.float64) for im in to_images(rec)], real.fg[: args.n].tolist(),
-                       real.bg[: args.n].tolist(), real.labels[: args.n].tolist(), clf)
+    vae_scores = vae_ceiling(pipe.vae, real, b.images, clf)
     fg, bg, items = random_captions(args.n, args.seed)
     captions = [caption(COLOR_NAMES[f], ITEMS[i], COLOR_NAMES[c]) for f, i, c in zip(fg, items, bg)]
     made = []

@@ -1,7 +1,8 @@
 """Weight sources: one lazy mapping interface over safetensors files, safe pickles and key views.
 
 Every source maps a name to a `TensorInfo` (dtype, shape) and hands out tensors with `view(name)`
-(zero-copy where possible) and `release(name)` once the caller has copied them.
+(zero-copy where possible) and `release(name)` once the caller has copied them, or, from a mapped file,
+`shared(name)`: a tensor that may outlive the source and is never copied.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class Weights(Mapping[str, TensorInfo]):
 
     def release(self, name: str) -> None:
         """Let go of any memory held for `name` after the caller copied it."""
+
+    def shared(self, name: str) -> Tensor | None:
+        """`name` as a tensor that stays valid after `close()` without a copy (a file's private mapping), or None."""
+        return None
 
     def pending(self, name: str, shape: tuple[int, ...] | None = None) -> Pending:
         """`name` as a tensor to write later (read when the writer reaches it), optionally reshaped."""
@@ -71,6 +76,9 @@ class FileWeights(Weights):
 
     def release(self, name: str) -> None:
         self.file.release(name)
+
+    def shared(self, name: str) -> Tensor | None:
+        return self.file.shared(name)
 
     def close(self) -> None:
         self.file.close()
@@ -140,6 +148,9 @@ class Renamed(Weights):
     def release(self, name: str) -> None:
         self.base.release(self.table[name])
 
+    def shared(self, name: str) -> Tensor | None:
+        return self.base.shared(self.table[name])
+
     def close(self) -> None:
         self.base.close()
 
@@ -166,6 +177,9 @@ class Merged(Weights):
 
     def release(self, name: str) -> None:
         self.owner[name].release(name)
+
+    def shared(self, name: str) -> Tensor | None:
+        return self.owner[name].shared(name)
 
     def close(self) -> None:
         for p in self.parts:
@@ -216,25 +230,26 @@ def _tensors(obj: Mapping[object, object], prefix: str = "") -> dict[str, Tensor
     return out
 
 
-def open_weights(path: str | os.PathLike[str]) -> Weights:
-    """Open one weights file: safetensors (lazy, mmapped) or a weights-only pickle."""
+def open_weights(path: str | os.PathLike[str], *, share: bool = True) -> Weights:
+    """Open one weights file: safetensors (lazy, mmapped; `share` lets models use the mapping itself) or a
+    weights-only pickle."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        return FileWeights(SafetensorsFile(path))
+        return FileWeights(SafetensorsFile(path, share=share))
     if path.suffix in PICKLE_SUFFIXES:
         return DictWeights(load_pickle(path))
     raise CheckpointError(f"{path.name}: unknown weights format {path.suffix!r}; expected .safetensors or {PICKLE_SUFFIXES}")
 
 
-def open_component(folder: Path, stem: str) -> Weights:
+def open_component(folder: Path, stem: str, *, share: bool = True) -> Weights:
     """A diffusers component's weights: `stem.safetensors`, its sharded index, an fp16 variant, or a `.bin`."""
     for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors", f"{stem}.bin", f"{stem}.fp16.bin"):
         if (folder / name).is_file():
-            return open_weights(folder / name)
+            return open_weights(folder / name, share=share)
     for index in (f"{stem}.safetensors.index.json", f"{stem}.safetensors.index.fp16.json"):
         if (folder / index).is_file():
             files = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
-            return Merged([open_weights(folder / f) for f in files])
+            return Merged([open_weights(folder / f, share=share) for f in files])
     raise CheckpointError(f"{folder}: no weights file named {stem}.safetensors (or .bin / sharded index)")

@@ -1,7 +1,9 @@
 """Open a checkpoint (single file, diffusers folder, bare U-Net or VAE) and load its models strictly.
 
-Models are built on the `meta` device, allocated once in the compute dtype, and filled tensor by tensor
-from the lazy source, so loading never holds a second full copy of the weights.
+Models are built on the `meta` device and filled tensor by tensor from the lazy source, so loading never
+holds a second full copy of the weights. On the CPU, a tensor stored in the compute dtype is not copied at
+all: the parameter is the file's private (copy-on-write) mapping, as in diffusers, so weights a run never
+touches (the VAE encoder in txt2img) are never read. Other tensors are cast or copied into fresh memory.
 """
 
 from __future__ import annotations
@@ -64,11 +66,20 @@ def load_module(model: M, weights: Weights, *, name: str, device: torch.device |
     if missing or unexpected or bad_shapes:
         lines = _grouped(missing, "missing") + _grouped(unexpected, "unexpected") + bad_shapes[:5]
         raise CheckpointError(f"{name}: weights do not fit the model:\n  " + "\n  ".join(lines) + (f"\n{hint}" if hint else ""))
-    model = model.to_empty(device=device)
+    on_cpu = torch.device(device).type == "cpu"
+    state: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for k, t in model.state_dict().items():
-            t.copy_(weights.view(k).reshape(t.shape))
-            weights.release(k)
+            shared = weights.shared(k) if on_cpu and weights[k].dtype == t.dtype else None
+            if shared is None:
+                state[k] = weights.view(k).reshape(t.shape).to(device=device, dtype=t.dtype, copy=True)
+                weights.release(k)
+            else:
+                state[k] = shared.view(t.shape)
+    model.load_state_dict(state, assign=True)
+    left = [k for k, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a tensor outside the state dict (a non-persistent buffer) would be left unallocated
+        raise CheckpointError(f"{name}: the model has tensors no checkpoint fills: {left[:5]}")
     return model.eval().requires_grad_(False)
 
 
@@ -137,12 +148,14 @@ class Checkpoint:
             s.close()
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Open a single file or a diffusers folder and detect its layout, family and configs."""
+def open_checkpoint(path: str | Path, *, share: bool = True) -> Checkpoint:
+    """Open a single file or a diffusers folder and detect its layout, family and configs. With `share`, models
+    loaded on the CPU in the file's dtype use the file's private mapping instead of a copy (see the module doc); the
+    file must then not be rewritten in place while they live (writing a new file and renaming it over is safe)."""
     path = Path(path)
     if path.is_dir():
-        return _open_diffusers_folder(path)
-    w = open_weights(path)
+        return _open_diffusers_folder(path, share)
+    w = open_weights(path, share=share)
     layout = detect.detect_layout(w, path.name)
     if layout in ("ldm_vae", "diffusers_vae"):
         vae, vae_cfg = _vae_weights(w, layout == "diffusers_vae", w.metadata)
@@ -228,24 +241,24 @@ def _read_json(p: Path) -> dict[str, Any]:
     return data
 
 
-def _open_diffusers_folder(path: Path) -> Checkpoint:
+def _open_diffusers_folder(path: Path, share: bool) -> Checkpoint:
     if not (path / "unet").is_dir() and not (path / "model_index.json").is_file():
         raise CheckpointError(f"{path}: a folder must be a diffusers pipeline (model_index.json, unet/, vae/, ...)")
     sched = path / "scheduler" / "scheduler_config.json"
     prediction = _read_json(sched).get("prediction_type", "epsilon") if sched.is_file() else "epsilon"
     prediction = {"epsilon": "eps", "v_prediction": "v"}.get(prediction, prediction)
     unet_cfg = unet_from_diffusers(_read_json(path / "unet" / "config.json"), prediction)
-    unet_raw = open_component(path / "unet", "diffusion_pytorch_model")
+    unet_raw = open_component(path / "unet", "diffusion_pytorch_model", share=share)
     unet = _diffusers_unet(unet_raw, unet_cfg)
     family = FAMILIES[detect.detect_family(detect.shapes_of(unet), path.name)]
     ckpt = Checkpoint(path, "diffusers", family, unet=unet, unet_config=unet_cfg, sources=[unet_raw])
     if (path / "vae" / "config.json").is_file():
-        vae_raw = open_component(path / "vae", "diffusion_pytorch_model")
+        vae_raw = open_component(path / "vae", "diffusion_pytorch_model", share=share)
         ckpt.sources.append(vae_raw)
         ckpt.vae, ckpt.vae_config = _vae_weights(vae_raw, True, {}, _read_json(path / "vae" / "config.json"))
     for (name, _), suffix in zip(family.text_encoders, ("", "_2")):
         if (path / f"text_encoder{suffix}").is_dir():
-            ckpt.text[name] = open_component(path / f"text_encoder{suffix}", "model")
+            ckpt.text[name] = open_component(path / f"text_encoder{suffix}", "model", share=share)
             ckpt.sources.append(ckpt.text[name])
             if (path / f"text_encoder{suffix}" / "config.json").is_file():
                 ckpt.text_hf_configs[name] = _read_json(path / f"text_encoder{suffix}" / "config.json")

@@ -1,8 +1,10 @@
 """Read and write the safetensors format without the `safetensors` package.
 
-Reading is lazy and memory-mapped: the header is parsed and checked against the file size up front,
-and each tensor is copied out of the mapping on demand, after which its pages are released. Loading a
-model therefore never holds a second full copy of the weights.
+Reading is lazy and memory-mapped: the header is parsed and checked against the file size up front.
+A tensor is either copied out of the mapping on demand, after which its pages are released, or handed
+out as `shared(name)`: a tensor over a private (copy-on-write) mapping of the file that lives as long as
+the tensor does. Loading a model therefore never holds a second full copy of the weights, and weights
+loaded shared take no private memory at all until written.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -39,9 +42,10 @@ class TensorInfo:
 class SafetensorsFile(Mapping[str, TensorInfo]):
     """A `.safetensors` file opened lazily: a mapping of name -> TensorInfo, plus `get(name)`."""
 
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
-        size = self.path.stat().st_size
+    def __init__(self, path: str | os.PathLike[str], *, share: bool = True):
+        self.path, self.share = Path(path), share
+        self.size = size = self.path.stat().st_size
+        self._storage: torch.UntypedStorage | None = None  # the private mapping `shared` hands out, made on first use
         with open(self.path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -106,6 +110,23 @@ class SafetensorsFile(Mapping[str, TensorInfo]):
         hi = self.data_start + info.end
         self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
+    def shared(self, name: str) -> Tensor | None:
+        """`name` over a private, copy-on-write mapping of the whole file, held by the tensor's own storage: valid
+        after `close()`, read from disk page by page as it is used, and writes stay in this process's memory. The
+        file must not be rewritten in place while the tensor lives (a rename over it is fine). None where this file
+        does not share (opened with share=False), or the tensor is empty or not aligned to its element size."""
+        info = self._infos[name]
+        item = torch.empty((), dtype=info.dtype).element_size()
+        offset = self.data_start + info.start
+        if not self.share or info.start == info.end or offset % item:
+            return None
+        storage = self._storage
+        if storage is None:
+            storage = self._storage = cast(torch.UntypedStorage,
+                                           torch.UntypedStorage.from_file(str(self.path), shared=False, nbytes=self.size))
+        stride = torch.empty(info.shape, device="meta").stride()
+        return torch.empty(0, dtype=info.dtype).set_(storage, offset // item, info.shape, stride)
+
     def get(self, name: str, dtype: torch.dtype | None = None) -> Tensor:  # type: ignore[override]
         """A fresh tensor (owning its memory), cast to `dtype` if given."""
         t = self.view(name).to(dtype=dtype or self._infos[name].dtype, copy=True)
@@ -113,9 +134,11 @@ class SafetensorsFile(Mapping[str, TensorInfo]):
         return t
 
     def close(self) -> None:
+        """Unmap the copy-out mapping (its views die with it); tensors from `shared` keep their own mapping."""
         if self._mm is not None:
             self._mm.close()
             self._mm = None
+        self._storage = None
         self._file.close()
 
     def __enter__(self) -> SafetensorsFile:

@@ -179,13 +179,14 @@ def bundled_model() -> Path:
 
 
 def load(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32,
-         family: str | None = None, embeddings: str | Path | None = None) -> Pipeline:
+         family: str | None = None, embeddings: str | Path | None = None, share: bool = True) -> Pipeline:
     """Load a single-file checkpoint or a diffusers folder; `family` (sd1, sd2, ...) is checked if given.
     `embeddings` is the folder that `embedding:name` in prompts reads textual-inversion files from.
-    `"athena-tiny"` is the bundled model."""
+    `"athena-tiny"` is the bundled model. `share=False` copies every weight into private memory instead of
+    using the file's mapping (see `open_checkpoint`): for a file that may be rewritten in place while loaded."""
     if str(path) == BUNDLED and not Path(path).exists():
         path = bundled_model()
-    ckpt = with_family(open_checkpoint(path), family)
+    ckpt = with_family(open_checkpoint(path, share=share), family)
     dt = dtype_of(dtype)
     unet = ckpt.load_unet(device, dt)
     vae = ckpt.load_vae(device, dt) if ckpt.vae is not None else None

@@ -7,6 +7,7 @@ import importlib.util
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,10 @@ class Monitor:
     """Appends to `log.csv` (resuming a run continues the same file) and draws one stderr line per log step."""
 
     def __init__(self, out: Path, total: int, start: int, batch: int, *, tensorboard: bool, quiet: bool = False,
-                 stream: Any = sys.stderr):
-        self.out, self.total, self.batch, self.quiet, self.stream = out, total, batch, quiet, stream
-        self.t0, self.step0, self.started = time.perf_counter(), start, time.perf_counter()
+                 stream: Any = sys.stderr, clock: Callable[[], float] = time.perf_counter):
+        self.out, self.total, self.batch, self.quiet, self.stream, self.clock = out, total, batch, quiet, stream, clock
+        self.started = self.t_last = clock()
+        self.step_last, self.rate = start, 0.0  # rate: steps/s, smoothed over the recent log intervals
         self.path = out / "log.csv"
         if start == 0 or not self.path.is_file():
             with open(self.path, "w", newline="") as f:
@@ -52,10 +54,14 @@ class Monitor:
             self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start or None)
 
     def log(self, step: int, loss: float, lr: float, grad_norm: float) -> None:
-        now = time.perf_counter()
-        rate = (step - self.step0) / max(now - self.t0, 1e-9)
+        now = self.clock()
+        # the rate of this interval, and a moving average of it for the ETA: a whole-run mean would carry a slow start
+        # (the first step, a sample grid) for the rest of the run
+        interval = (step - self.step_last) / max(now - self.t_last, 1e-9)
+        self.rate = interval if self.rate == 0.0 else 0.7 * self.rate + 0.3 * interval
+        rate, self.step_last, self.t_last = self.rate, step, now
         with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{grad_norm:.4g}", f"{rate * self.batch:.4g}",
+            csv.writer(f).writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{grad_norm:.4g}", f"{interval * self.batch:.4g}",
                                     f"{now - self.started:.1f}"])
         if self.writer is not None:
             for k, v in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm)):

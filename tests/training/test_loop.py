@@ -131,3 +131,25 @@ def test_cli_overrides_and_the_saved_model_generates(tmp_path, fashion_dir, caps
     assert "pass --vae" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--task=nonsense"])
+
+
+def test_progress_eta_follows_the_recent_rate(tmp_path):
+    """A slow first interval (a first step, a sample grid) must not hold the ETA up for the rest of the run."""
+    import io
+
+    from athena.training.monitor import Monitor
+
+    now = [0.0]
+    stream = io.StringIO()
+    mon = Monitor(tmp_path, total=1000, start=0, batch=4, tensorboard=False, stream=stream, clock=lambda: now[0])
+    now[0] = 100.0
+    mon.log(10, 1.0, 1e-3, 1.0)  # 0.1 it/s
+    for step in range(20, 210, 10):
+        now[0] += 1.0  # 10 it/s from here on
+        mon.log(step, 1.0, 1e-3, 1.0)
+    last = stream.getvalue().rsplit("\r", 1)[-1]
+    h, m, s = (int(v) for v in last.split("ETA")[1].split()[0].split(":"))
+    assert 75 <= h * 3600 + m * 60 + s <= 90, last  # 800 steps at ~10 it/s; the whole-run mean would say ~700 s
+    with open(tmp_path / "log.csv") as f:
+        rates = [float(r["samples_per_s"]) for r in csv.DictReader(f)]
+    assert rates[0] == pytest.approx(0.4) and rates[-1] == pytest.approx(40.0)  # per interval, times the batch
