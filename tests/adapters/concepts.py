@@ -5,7 +5,7 @@
 - a new colour word: fashion-colors items on a teal background (not in the palette), captioned with a placeholder
   token (`a {fg} {item} on a <teal> background`).
 
-Shared by the tests (small, fast runs) and `benchmarks/adapters.py` (the figures in docs/training.md)."""
+Shared by the tests (small, fast runs) and `benchmarks/adapters.py` (the figures in docs/adapters.md)."""
 
 from __future__ import annotations
 
