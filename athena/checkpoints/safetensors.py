@@ -121,9 +121,11 @@ class SafetensorsFile(Mapping[str, TensorInfo]):
         if not self.share or info.start == info.end or offset % item:
             return None
         storage = self._storage
-        if storage is None:
+        if storage is None:  # map the very file whose header was parsed, even if another was renamed over the path since
+            fd = Path(f"/proc/self/fd/{self._file.fileno()}")
+            source = str(fd if fd.exists() else self.path)
             storage = self._storage = cast(torch.UntypedStorage,
-                                           torch.UntypedStorage.from_file(str(self.path), shared=False, nbytes=self.size))
+                                           torch.UntypedStorage.from_file(source, shared=False, nbytes=self.size))
         stride = torch.empty(info.shape, device="meta").stride()
         return torch.empty(0, dtype=info.dtype).set_(storage, offset // item, info.shape, stride)
 

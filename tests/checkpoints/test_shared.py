@@ -81,3 +81,12 @@ def test_writes_stay_in_memory_and_a_rename_over_the_file_changes_nothing(fp32_f
     assert digest(fp32_file) != before
     gc.collect()
     torch.testing.assert_close(unet_out(unet), out, rtol=0, atol=1e-6)
+
+
+def test_a_file_renamed_over_between_open_and_load_is_not_read(fp32_file: Path, tmp_path: Path) -> None:
+    """The mapping is of the file whose header was parsed, not of whatever the path names by the time of loading."""
+    want = unet_out(open_checkpoint(fp32_file, share=False).load_unet())
+    ckpt = open_checkpoint(fp32_file)
+    other = random_checkpoint(tmp_path / "new.safetensors", "sd1", TINY_SD1, TINY_VAE, dtype=torch.float32, seed=1)
+    os.replace(other, fp32_file)
+    torch.testing.assert_close(unet_out(ckpt.load_unet()), want, rtol=0, atol=0)
