@@ -37,6 +37,7 @@ from athena.checkpoints.load import open_checkpoint  # noqa: E402
 from athena.diffusion.denoisers import discrete_schedule  # noqa: E402
 from athena.diffusion.schedules import sigmas_for  # noqa: E402
 from athena.media.images import to_images  # noqa: E402
+from athena.models.vae import AutoencoderKL  # noqa: E402
 from athena.pipelines.generate import GenerateRequest, generate_pixels  # noqa: E402
 from athena.pipelines.pipeline import BUNDLED, bundled_model, load  # noqa: E402
 from athena.training.classifier import FashionClassifier, accuracy, load_or_train  # noqa: E402
@@ -118,7 +119,7 @@ def diffusers_runner(model: Path, folder: Path, req: GenerateRequest, size: int)
                        sigmas=sigmas, generator=torch.Generator("cpu").manual_seed(req.seed), output_type="pt").images
 
 
-def vae_ceiling(vae: torch.nn.Module, real: FashionColors, images: torch.Tensor, clf: FashionClassifier) -> dict[str, float]:
+def vae_ceiling(vae: AutoencoderKL, real: FashionColors, images: torch.Tensor, clf: FashionClassifier) -> dict[str, float]:
     """The analysis on real test images sent through the autoencoder and back: the best a U-Net could reach."""
     n = len(images)
     with torch.no_grad():

@@ -59,7 +59,7 @@ class Monitor:
         # (the first step, a sample grid) for the rest of the run
         interval = (step - self.step_last) / max(now - self.t_last, 1e-9)
         self.rate = interval if self.rate == 0.0 else 0.7 * self.rate + 0.3 * interval
-        rate, self.step_last, self.t_last = self.rate, step, now
+        self.step_last, self.t_last = step, now
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{grad_norm:.4g}", f"{interval * self.batch:.4g}",
                                     f"{now - self.started:.1f}"])
@@ -67,8 +67,8 @@ class Monitor:
             for k, v in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm)):
                 self.writer.add_scalar(f"train/{k}", v, step)
         if not self.quiet:
-            eta = (self.total - step) / rate if rate > 0 else 0.0
-            self.stream.write(f"\rstep {step:6d}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {rate:5.2f} it/s  "
+            eta = (self.total - step) / self.rate if self.rate > 0 else 0.0
+            self.stream.write(f"\rstep {step:6d}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {self.rate:5.2f} it/s  "
                               f"ETA {int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d} ")
             self.stream.flush()
 
