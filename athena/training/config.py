@@ -49,7 +49,7 @@ class TrainConfig:
     attention: tuple[int, ...] = (1, 1)  # transformer depth per level
     text_width: int = 128
     text_layers: int = 2
-    vae: str | None = None  # t2i: the autoencoder (a `athena train --task vae` output .safetensors)
+    vae: str | None = None  # t2i: the autoencoder (a `athena train --task vae` output .safetensors); vae: start from it
     vae_ch: int = 32
     vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2)
     vae_res_blocks: int = 1

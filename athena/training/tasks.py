@@ -184,8 +184,11 @@ class KLAutoencoder:
 
     def __init__(self, cfg: TrainConfig, data: Dataset, device: torch.device):
         self.cfg, self.device, self.data = cfg, device, data
-        vcfg = replace(SD_VAE, ch=cfg.vae_ch, ch_mult=cfg.vae_ch_mult, num_res_blocks=cfg.vae_res_blocks)
-        self.vae = AutoencoderKL(vcfg, device=device)
+        if cfg.vae is None:
+            vcfg = replace(SD_VAE, ch=cfg.vae_ch, ch_mult=cfg.vae_ch_mult, num_res_blocks=cfg.vae_res_blocks)
+            self.vae = AutoencoderKL(vcfg, device=device)
+        else:  # a warm restart: go on training a saved VAE, with its own architecture
+            self.vae = open_checkpoint(cfg.vae).load_vae(device).float().requires_grad_(True)
         self.modules: dict[str, nn.Module] = {"vae": self.vae}
         self.fixed = data.batch(range(min(8, len(data)))).images
 

@@ -112,6 +112,28 @@ def test_a_torn_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_vae_run_can_start_from_a_saved_vae(tmp_path, fashion_dir):
+    """--vae on the vae task is a warm restart: the saved file's architecture and weights, not a fresh model."""
+    from athena.checkpoints.load import open_checkpoint
+
+    base = dict(task="vae", dataset="fashion-colors", data_dir=str(fashion_dir), limit=16, batch_size=4,
+                tensorboard=False, sample_every=1000, log_every=1, vae_ch=32, vae_ch_mult=(1, 2))
+    first = train(TrainConfig(**base, out=str(tmp_path / "a"), steps=3, lr=1e-3), quiet=True)
+    # a restart that cannot move the weights (lr 1e-12) must export the same autoencoder; vae_ch is the file's, not 64's
+    again = train(TrainConfig(**{**base, "vae_ch": 64}, vae=str(first), out=str(tmp_path / "b"), steps=1, lr=1e-12,
+                              min_lr=1e-12), quiet=True)
+    a, b = (open_checkpoint(p).load_vae() for p in (first, again))
+    assert b.cfg == a.cfg and b.cfg.ch == 32
+    x = open_dataset("fashion-colors", data_dir=str(fashion_dir), limit=4).batch(range(4)).images
+    with torch.no_grad():
+        ra, rb = (v.decode(v.encode(x).mode()) for v in (a, b))
+    torch.testing.assert_close(rb, ra, atol=1e-4, rtol=0)  # the latent scale is refolded; decoding is unchanged
+    fresh = train(TrainConfig(**base, out=str(tmp_path / "c"), steps=1, lr=1e-12, min_lr=1e-12), quiet=True)
+    with torch.no_grad():
+        rc = open_checkpoint(fresh).load_vae().decode(a.encode(x).mode())
+    assert not torch.allclose(rc, ra, atol=1e-2)  # so the match above is the warm start, not a coincidence
+
+
 def test_cli_overrides_and_the_saved_model_generates(tmp_path, fashion_dir, capsys):
     common = ["--dataset=fashion-colors", f"--data-dir={fashion_dir}", "--limit=16", "--batch-size=4",
               "--tensorboard=false", "--quiet", "--sample-every=2"]
