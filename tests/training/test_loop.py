@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import athena
+from athena.checkpoints.load import open_checkpoint
 from athena.cli import main
 from athena.errors import ConfigError
 from athena.training.config import TrainConfig
@@ -114,8 +115,6 @@ def test_a_torn_checkpoint_is_a_clear_error(tmp_path):
 
 def test_a_vae_run_can_start_from_a_saved_vae(tmp_path, fashion_dir):
     """--vae on the vae task is a warm restart: the saved file's architecture and weights, not a fresh model."""
-    from athena.checkpoints.load import open_checkpoint
-
     base = dict(task="vae", dataset="fashion-colors", data_dir=str(fashion_dir), limit=16, batch_size=4,
                 tensorboard=False, sample_every=1000, log_every=1, vae_ch=32, vae_ch_mult=(1, 2))
     first = train(TrainConfig(**base, out=str(tmp_path / "a"), steps=3, lr=1e-3), quiet=True)
