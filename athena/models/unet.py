@@ -95,15 +95,18 @@ class UNetConfig:
 class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int):
         super().__init__()
-        self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(), conv3x3(channels, out_channels))
+        # In-place SiLU and sums: every tensor they overwrite is fresh and not needed by autograd, and on the CPU
+        # each avoided allocation of a large activation is also a pass of page faults avoided.
+        self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(inplace=True), conv3x3(channels, out_channels))
         self.emb_layers = nn.Sequential(nn.SiLU(), Linear(emb_channels, out_channels))
-        self.out_layers = nn.Sequential(group_norm(out_channels), nn.SiLU(), nn.Dropout(0.0), conv3x3(out_channels, out_channels))
+        self.out_layers = nn.Sequential(group_norm(out_channels), nn.SiLU(inplace=True), nn.Dropout(0.0),
+                                        conv3x3(out_channels, out_channels))
         self.skip_connection = nn.Identity() if channels == out_channels else conv1x1(channels, out_channels)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.in_layers(x)
-        h = h + self.emb_layers(emb)[:, :, None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+        h += self.emb_layers(emb)[:, :, None, None]
+        return self.out_layers(h).add_(self.skip_connection(x))
 
 
 class CrossAttention(nn.Module):
@@ -128,7 +131,7 @@ class GEGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        return F.gelu(gate).mul_(x)  # in place: one (B, T, 4*dim) activation fewer
 
 
 class FeedForward(nn.Module):
@@ -149,9 +152,9 @@ class BasicTransformerBlock(nn.Module):
         self.norm1, self.norm2, self.norm3 = LayerNorm(dim), LayerNorm(dim), LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        x = self.attn1(self.norm1(x)).add_(x)
+        x = self.attn2(self.norm2(x), context).add_(x)
+        return self.ff(self.norm3(x)).add_(x)
 
 
 class SpatialTransformer(nn.Module):
@@ -179,7 +182,7 @@ class SpatialTransformer(nn.Module):
         h = h.transpose(1, 2).reshape(B, C, H, W)
         if not self.linear:
             h = self.proj_out(h)
-        return x + h
+        return x + h  # not in place: for SD1.x, h is a channels-last view, and x's contiguous layout must win
 
 
 class Downsample(nn.Module):
@@ -267,7 +270,7 @@ class UNet(nn.Module):
                         layers.append(Upsample(ch))
                     self.output_blocks.append(Block(layers))
 
-            self.out = nn.Sequential(group_norm(ch), nn.SiLU(), conv3x3(mc, cfg.out_channels))
+            self.out = nn.Sequential(group_norm(ch), nn.SiLU(inplace=True), conv3x3(mc, cfg.out_channels))
         if dtype is not None:
             self.to(dtype=dtype)
 
