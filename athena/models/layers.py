@@ -33,7 +33,7 @@ def activation_dtype(weight_dtype: torch.dtype, device: torch.device) -> torch.d
 
     On a CPU without AMX, oneDNN's bf16/fp16 GEMMs and convolutions are ~1.5x slower than fp32 and the
     fused attention kernel ~2.2x slower (AVX512-BF16 only speeds up dot products). There, activations
-    flow in fp32 while weights stay in low precision; each layer casts the smaller side (see `mixed`).
+    flow in fp32 while weights stay in low precision; each layer computes in the faster dtype (see `mixed`).
     GPUs and AMX CPUs run in the weights' dtype.
     """
     if device.type == "cpu" and weight_dtype in LOW_PRECISION and not torch.cpu._is_amx_tile_supported():

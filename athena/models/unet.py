@@ -95,8 +95,8 @@ class UNetConfig:
 class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int):
         super().__init__()
-        # In-place SiLU and sums: every tensor they overwrite is fresh and not needed by autograd, and on the CPU
-        # each avoided allocation of a large activation is also a pass of page faults avoided.
+        # In-place SiLU and sums: every tensor they overwrite is fresh and not needed by autograd. They save
+        # allocations; on sd15 at 256 and 512 px no change in time was measurable.
         self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(inplace=True), conv3x3(channels, out_channels))
         self.emb_layers = nn.Sequential(nn.SiLU(), Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(group_norm(out_channels), nn.SiLU(inplace=True), nn.Dropout(0.0),
