@@ -61,7 +61,10 @@ def ipndm(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Gene
     """Improved PNDM: Adams-Bashforth with fixed coefficients, warming up from Euler."""
     ds: list[Tensor] = []  # newest first
     for i in range(len(sigmas) - 1):
-        ds = [(x - _x0(denoise, x, sigmas[i], i, callback)) / sigmas[i]] + ds[:max_order - 1]
+        x0 = _x0(denoise, x, sigmas[i], i, callback)
+        if sigmas[i + 1] == 0:  # the last step lands on the estimate, as ComfyUI's does (not a multistep to 0)
+            return x0
+        ds = [(x - x0) / sigmas[i]] + ds[:max_order - 1]
         x = x + (sigmas[i + 1] - sigmas[i]) * sum(c * d for c, d in zip(AB[min(max_order, i + 1)], ds))
     return x
 
@@ -94,7 +97,10 @@ def ipndm_v(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Ge
     """iPNDM with variable-step coefficients, exact on non-uniform schedules."""
     ds: list[Tensor] = []  # newest first
     for i in range(len(sigmas) - 1):
-        ds = [(x - _x0(denoise, x, sigmas[i], i, callback)) / sigmas[i]] + ds[:max_order - 1]
+        x0 = _x0(denoise, x, sigmas[i], i, callback)
+        if sigmas[i + 1] == 0:  # as in `ipndm`
+            return x0
+        ds = [(x - x0) / sigmas[i]] + ds[:max_order - 1]
         order = min(max_order, i + 1)
         h = [sigmas[i + 1 - k] - sigmas[i - k] for k in range(order)]
         x = x + h[0] * sum(c * d for c, d in zip(ipndm_v_coefficients(h), ds))

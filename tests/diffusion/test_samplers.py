@@ -128,3 +128,25 @@ def test_lcm_jumps_to_the_denoised_estimate():
     sigma = torch.tensor([14.6, 0.0])
     torch.testing.assert_close(SAMPLERS["lcm"](gaussian_denoiser, x, sigma),
                                gaussian_denoiser(x, torch.full((3,), 14.6)))
+
+
+@pytest.mark.parametrize("name", ["ipndm", "ipndm_v"])
+def test_ipndm_lands_on_the_last_estimate(name):
+    """ComfyUI's iPNDM samplers end on the denoised estimate when the next sigma is 0, instead of taking a multistep
+    (whose history would extrapolate past the data) to 0."""
+    x0s = []
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)) * 14.6
+    out = SAMPLERS[name](gaussian_denoiser, x, karras(5, 0.03, 14.6), callback=lambda s: x0s.append(s.x0))
+    assert len(x0s) == 5 and torch.equal(out, x0s[-1])
+
+
+def test_ipndm_v_is_ipndm_on_uniform_steps():
+    """The variable-step weights reduce to the fixed Adams-Bashforth ones when every step is the same size (up to
+    third order; upstream's fourth-order variable formula does not reduce, so order 3 is what this pins)."""
+    from athena.diffusion.multistep import ipndm, ipndm_v
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 10
+    sigmas = torch.cat([torch.linspace(10, 1, 7, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    a = ipndm(gaussian_denoiser, x.clone(), sigmas, max_order=3)
+    b = ipndm_v(gaussian_denoiser, x.clone(), sigmas, max_order=3)
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert not torch.allclose(a, ipndm(gaussian_denoiser, x.clone(), sigmas, max_order=2))  # the order matters here
