@@ -2,7 +2,8 @@
 
 `model(x, sigma, cond) -> x0` is a `ModelSampling.model(...)`; conditioning objects concatenate along the batch
 with `cond.cat(other)`. Samplers never see guidance: CFG++ samplers ask a denoiser for its unconditional
-estimate through `unconditional_pair`, which for an unguided denoiser is the guided estimate itself.
+estimate through `unconditional_pair` (a denoiser's `pair` method), which for an unguided denoiser is the guided
+estimate itself. A wrapper around a guided denoiser keeps CFG++ working by giving a `pair` of its own.
 """
 
 from __future__ import annotations
@@ -72,9 +73,11 @@ def cfg(model: CondModel, cond: Any, uncond: Any, scale: float, *, rescale: floa
 
 
 def unconditional_pair(denoise: Denoiser) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """(guided, unconditional) x0 for CFG++ samplers; both are the same estimate when there is no guidance."""
-    if isinstance(denoise, CFGDenoiser):
-        return denoise.pair
+    """(guided, unconditional) x0 for CFG++ samplers: the denoiser's own `pair` if it has one (a `CFGDenoiser`, or
+    a wrapper such as the inpainting noise mask that passes its inner one on); else the same estimate twice."""
+    pair = getattr(denoise, "pair", None)
+    if callable(pair):
+        return pair
 
     def same(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         x0 = denoise(x, sigma)

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from athena.cancel import CancelToken
 from athena.diffusion.denoisers import ModelSampling, Net, discrete_sampling
-from athena.diffusion.guidance import CFGDenoiser, cfg
+from athena.diffusion.guidance import CFGDenoiser, cfg, unconditional_pair
 from athena.diffusion.progress import Denoiser, Step
 from athena.diffusion.samplers import DISCARD_PENULTIMATE, SAMPLERS, Sampler, for_model
 from athena.diffusion.schedules import sigmas_for
@@ -61,14 +61,26 @@ def latent_mask(mask: Tensor, latent: Tensor) -> Tensor:
     return m.expand(latent.shape[0], 1, *latent.shape[-2:]).to(latent.device)
 
 
-def masked(denoise: Denoiser, ms: ModelSampling, latent: Tensor, noise: Tensor, mask: Tensor) -> Denoiser:
+class NoiseMasked:
     """Inpainting by noise mask (ComfyUI's SetLatentNoiseMask): outside the mask the sample is replaced by the
-    original latent noised to the current sigma, and the estimate by the original latent."""
-    def inpaint(x: Tensor, sigma: Tensor) -> Tensor:
-        kept = ms.noise(latent, noise, sigma)
-        x = x * mask + kept * (1 - mask)
-        return denoise(x, sigma) * mask + latent * (1 - mask)
-    return inpaint
+    original latent noised to the current sigma, and the estimate by the original latent. `pair` passes a guided
+    denoiser's unconditional estimate on unblended, as ComfyUI's CFG++ hook sees it, so CFG++ works in a mask."""
+
+    def __init__(self, denoise: Denoiser, ms: ModelSampling, latent: Tensor, noise: Tensor, mask: Tensor) -> None:
+        self.denoise, self.ms, self.latent, self.noise, self.mask = denoise, ms, latent, noise, mask
+
+    def _input(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return x * self.mask + self.ms.noise(self.latent, self.noise, sigma) * (1 - self.mask)
+
+    def _blend(self, x0: Tensor) -> Tensor:
+        return x0 * self.mask + self.latent * (1 - self.mask)
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self._blend(self.denoise(self._input(x, sigma), sigma))
+
+    def pair(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        x0, x0_u = unconditional_pair(self.denoise)(self._input(x, sigma), sigma)
+        return self._blend(x0), x0_u
 
 
 def sample_latent(unet: UNet, positive: Conditioning, negative: Conditioning, latent: Tensor, *, seed: int,
@@ -98,7 +110,7 @@ def run_sampler(sampler: Sampler, guided: Denoiser, ms: ModelSampling, latent: T
     start = sigmas[0].expand(batch)
     max_denoise = math.isclose(float(sigmas[0]), ms.sigma_max, rel_tol=1e-5) or float(sigmas[0]) > ms.sigma_max
     x = ms.noise(latent, noise, start, max_denoise=max_denoise)
-    denoiser: Denoiser = guided if mask is None else masked(guided, ms, latent, noise, mask)
+    denoiser: Denoiser = guided if mask is None else NoiseMasked(guided, ms, latent, noise, mask)
 
     def step(s: Step) -> None:
         if cancel is not None:
