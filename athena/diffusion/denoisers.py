@@ -162,7 +162,10 @@ def discrete_sampling(prediction: Literal["eps", "v", "x0"] = "eps", *, steps: i
                       zero_snr: bool = False) -> ModelSampling:
     """A DDPM model's sampling: SD's scaled-linear betas (SD1.x/2.x/XL use the defaults) over `steps` steps,
     optionally rescaled to zero terminal SNR."""
-    alphas_bar = torch.cumprod(1 - scaled_linear_betas(steps, beta_start, beta_end), dim=0)
+    # alpha_bar is accumulated in float64 and stored in float32 before sigma is taken, as ComfyUI's
+    # ModelSamplingDiscrete does: its table (and so every scheduler's sigmas) then matches to float32 rounding,
+    # where sigma from the float64 product differs by 1.3e-5 (relative) at the low end
+    alphas_bar = torch.cumprod(1 - scaled_linear_betas(steps, beta_start, beta_end), dim=0).float()
     sigmas = ((1 - alphas_bar) / alphas_bar) ** 0.5
     if zero_snr:
         sigmas = zero_terminal_snr(sigmas)
