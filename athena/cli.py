@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     except AthenaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (loading, a second Ctrl-C): no traceback
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

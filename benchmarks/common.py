@@ -10,6 +10,17 @@ from collections.abc import Callable
 import torch
 
 
+def device_of(name: str) -> torch.device:
+    """The `--device` argument as a device, or a one-line exit when this machine cannot run on it."""
+    from athena.checkpoints.load import device_of as checked
+    from athena.errors import ConfigError
+
+    try:
+        return checked(name)
+    except ConfigError as e:
+        raise SystemExit(f"--{e}") from None
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

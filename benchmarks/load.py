@@ -2,10 +2,11 @@
 
     python benchmarks/load.py [--stored fp16|fp32] [--dtype fp32|fp16|bf16] [--runs 3]
 
-Builds a random-weight SD1.5 file in the exact original layout (U-Net + VAE + CLIP-L), then loads its
-U-Net and VAE with each library in a fresh subprocess (so peak RSS is each loader's own). Reports the
-median load time, the ratio Athena/diffusers, and the peak RSS growth over the imported-but-idle process
-against the loaded weights' size in the compute dtype (target <= 1.15: no second full copy).
+Builds a random-weight SD1.5 file in the exact original layout (U-Net + VAE + CLIP-L), then loads its U-Net
+and VAE (the same two models on both sides; CLIP-L stays in the file) with each library in a fresh subprocess,
+so peak RSS is each loader's own. Reports the median load time, the ratio Athena/diffusers, and the peak RSS
+growth over the imported-but-idle process against the loaded weights' size in the compute dtype (target <= 1.15:
+no second full copy).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ import torch
 which, path, cfg_dir, dtype = sys.argv[1:5]
 from athena.checkpoints.load import dtype_of
 dtype = dtype_of(dtype)
-if which == "athena":
-    import athena
-    load = lambda: athena.load(path, dtype=dtype)
+if which == "athena":  # the same two models as diffusers' side; athena.load would add the text encoder
+    from athena.checkpoints.load import open_checkpoint
+    def load():
+        ckpt = open_checkpoint(path)
+        return ckpt.load_unet("cpu", dtype), ckpt.load_vae("cpu", dtype)
 else:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     kw = dict(config=cfg_dir, local_files_only=True, torch_dtype=dtype)

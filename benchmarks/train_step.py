@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
-from common import fmt_table, timed_pair  # noqa: E402
+from common import device_of, fmt_table, timed_pair  # noqa: E402
 
 from athena.checkpoints.diffusers_config import unet_to_diffusers  # noqa: E402
 from athena.checkpoints.keymaps import sd_unet  # noqa: E402
@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
+    device = device_of(args.device)
     torch.set_num_threads(args.threads)
     print(f"# training step, Athena vs diffusers ({args.device}, {args.precision}, {args.threads} threads, "
           f"torch {torch.__version__}); median of {args.runs} interleaved steps after warm-up")
@@ -104,7 +105,7 @@ def main() -> None:
     for name in args.cases.split(","):
         cfg, size, batch = CASES[name]
         a, b = steps(cfg, size, batch, args.device, args.precision)
-        t_a, t_b = timed_pair(a, b, runs=args.runs, warmup=2, device=torch.device(args.device))
+        t_a, t_b = timed_pair(a, b, runs=args.runs, warmup=2, device=device)
         rows.append([name, f"{batch}x{cfg.in_channels}x{size}x{size}", f"{batch / t_a:.1f}", f"{batch / t_b:.1f}",
                      f"{t_b / t_a:.3f}"])
         print(fmt_table(["case", "batch", "athena samples/s", "diffusers samples/s", "throughput ratio"], rows[-1:]),

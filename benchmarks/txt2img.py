@@ -22,7 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
-from common import fmt_table, timed_pair  # noqa: E402
+from common import device_of, fmt_table, timed_pair  # noqa: E402
 
 from athena.checkpoints.build import random_checkpoint  # noqa: E402
 from athena.checkpoints.convert import to_diffusers  # noqa: E402
@@ -126,7 +126,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.child:
         return child(args)
-    dtypes = (args.dtypes or ("fp16" if args.device == "cuda" else "fp32,bf16")).split(",")
+    gpu = device_of(args.device).type == "cuda"
+    dtypes = (args.dtypes or ("fp16" if gpu else "fp32,bf16")).split(",")
     print(f"# txt2img {args.size}x{args.size}, {args.steps} Euler steps, cfg {CFG}, Athena vs diffusers "
           f"({args.device}, {args.threads} threads, torch {torch.__version__}); time = median of {args.runs} after warm-up")
     rows = []

@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt_table, matmul_flops_per_s, timed_pair  # noqa: E402
+from common import device_of, fmt_table, matmul_flops_per_s, timed_pair  # noqa: E402
 
 from athena.checkpoints.diffusers_config import unet_to_diffusers  # noqa: E402
 from athena.checkpoints.keymaps import sd_unet  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--conv", action="store_true", help="time each fp32 conv shape direct vs im2col+GEMM instead")
     args = ap.parse_args()
-    device = torch.device(args.device)
+    device = device_of(args.device)
     gpu = device.type == "cuda"
     cases = (args.cases or ("sd15-64,sd15-128" if gpu else "sd15-32,sd15-64,tiny")).split(",")
     dtypes = (args.dtypes or ("fp16,bf16" if gpu else "fp32,bf16")).split(",")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt_table, timed_pair  # noqa: E402
+from common import device_of, fmt_table, timed_pair  # noqa: E402
 
 from athena.checkpoints.load import dtype_of  # noqa: E402
 
@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    device = torch.device(args.device)
+    device = device_of(args.device)
     ref, ours = build_pair()
     rows = []
     for dt in args.dtypes.split(","):

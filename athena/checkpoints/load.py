@@ -96,6 +96,25 @@ def dtype_of(dtype: torch.dtype | str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def device_of(device: torch.device | str) -> torch.device:
+    """`device` checked against this machine, so that a model is never half-built before torch's own error."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"device {device!r}: {why} (torch {torch.__version__}); use --device cpu, or install a "
+                              f"CUDA build of torch on a machine with an NVIDIA GPU")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                              f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    return dev
+
+
 # --------------------------------------------------------------------------- opened checkpoints
 
 

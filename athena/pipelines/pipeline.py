@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from athena.checkpoints.detect import FAMILIES, Family
 from athena.checkpoints.load import (
     Checkpoint,
+    device_of,
     dtype_of,
     load_text_file,
     open_checkpoint,
@@ -184,6 +185,7 @@ def load(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.d
     `embeddings` is the folder that `embedding:name` in prompts reads textual-inversion files from.
     `"athena-tiny"` is the bundled model. `share=False` copies every weight into private memory instead of
     using the file's mapping (see `open_checkpoint`): for a file that may be rewritten in place while loaded."""
+    device = device_of(device)
     if str(path) == BUNDLED and not Path(path).exists():
         path = bundled_model()
     ckpt = with_family(open_checkpoint(path, share=share), family)
@@ -203,6 +205,7 @@ def load_text(paths: Sequence[str | Path], *, device: torch.device | str = "cpu"
               dtype: torch.dtype | str = torch.float32, embeddings: str | Path | None = None) -> TextModels:
     """Standalone text-encoder files as the text side of the family they make up, in that family's encoder order:
     clip_l (SD1.x), clip_h (SD2.x), clip_g (SDXL refiner), or clip_l and clip_g in either order (SDXL)."""
+    device = device_of(device)
     found: dict[str, tuple[Path, CLIPTextModel]] = {}
     for p in map(Path, paths):
         name, model = load_text_file(p, device, dtype_of(dtype))
@@ -225,5 +228,6 @@ def load_vae(path: str | Path, *, device: torch.device | str = "cpu",
              dtype: torch.dtype | str = torch.float32) -> tuple[AutoencoderKL, Family]:
     """A standalone VAE file (or a checkpoint's VAE) and the family it belongs to (from its metadata; SD1.x when
     the file does not say, since the latent scale cannot be read from the weights)."""
+    device = device_of(device)
     ckpt = open_checkpoint(path)
     return ckpt.load_vae(device, dtype_of(dtype)), ckpt.family

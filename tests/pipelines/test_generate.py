@@ -1,6 +1,11 @@
 """Pipelines on a tiny random SD1.x file: inpainting keeps what the mask keeps, the hires fix, batch seeds,
 cancellation, previews, and the PNG metadata round trip through `athena generate`."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -142,9 +147,34 @@ def test_cli_writes_pngs_with_metadata_and_replays_them(model, tmp_path, capsys)
     (["--steps", "0"], "use at least 1 step"),
     (["--strength", "0"], "outside (0, 1]"),
     (["--model", "missing-model"], "model 'missing-model' not found"),
+    (["--device", "cuda:99"], "device 'cuda:99'"),
+    (["--device", "gpu"], "device 'gpu' is not a device name; use cpu, cuda or cuda:N"),
 ])
 def test_cli_bad_input_is_one_line_without_traceback(model, tmp_path, capsys, args, message):
     base = ["generate", "x", "--models-dir", str(tmp_path), "--model", str(model)]
     assert main(base + args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_cli_shows_progress_and_ctrl_c_stops_cleanly(model, tmp_path):
+    """A real Ctrl-C (SIGINT) to `athena generate` mid-sampling: the progress line was there (steps, it/s, ETA), the
+    run stops at the next step with exit code 130 and one line, and no file is written."""
+    out = tmp_path / "never.png"
+    cmd = [sys.executable, "-m", "athena.cli", "generate", "a fox", "--model", str(model), "--steps", "100000",
+           "--width", "32", "--height", "32", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = b""
+    assert proc.stderr is not None
+    os.set_blocking(proc.stderr.fileno(), False)
+    deadline = time.monotonic() + 120  # a generous wait for the first steps, not a timing assertion
+    while b"it/s" not in err and proc.poll() is None and time.monotonic() < deadline:
+        err += proc.stderr.read() or b""
+        time.sleep(0.05)
+    assert b"it/s" in err and b"ETA" in err, err.decode(errors="replace")
+    proc.send_signal(signal.SIGINT)
+    rest, tail = proc.communicate(timeout=60)
+    text = (err + tail).decode(errors="replace")
+    assert proc.returncode == 130, text
+    assert "cancelled: stopped at the next step, nothing written" in text and "Traceback" not in text
+    assert not out.exists() and rest == b""
