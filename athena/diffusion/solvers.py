@@ -14,6 +14,7 @@ from torch import Tensor
 
 from athena.diffusion.noise import NoiseSampler, gaussian
 from athena.diffusion.progress import Denoiser, Step, StepCallback
+from athena.diffusion.substeps import ancestral_step
 
 
 def _sigma(t: Tensor) -> Tensor:
@@ -94,9 +95,9 @@ def _ancestral(t: Tensor, t_next: Tensor, t_end: Tensor, eta: float) -> tuple[Te
     """(t to step down to, noise std to add) for an ancestral step from t to t_next."""
     if not eta:
         return t_next, torch.zeros(())
-    s, s_next = _sigma(t), _sigma(t_next)
-    up = torch.minimum(s_next, eta * (s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2) ** 0.5)
-    t_down = torch.minimum(t_end, -((s_next ** 2 - up ** 2) ** 0.5).log())
+    s_next = _sigma(t_next)
+    down, _ = ancestral_step(_sigma(t), s_next, eta)
+    t_down = torch.minimum(t_end, -down.log())  # the step down may not pass the end; the noise makes up the rest
     return t_down, (s_next ** 2 - _sigma(t_down) ** 2) ** 0.5
 
 

@@ -226,11 +226,12 @@ def _hires(pipe: Pipeline, req: GenerateRequest, latent: Tensor,
            run: Callable[[Tensor, int, float, str, Tensor | None], Tensor]) -> Tensor:
     hires = req.hires
     assert hires is not None
-    h, w = (round(s * hires.scale / 8) * 8 for s in latent.shape[-2:])
+    f = pipe.vae.cfg.downscale if pipe.vae is not None else 8
+    # the target in pixels is int(size * scale), floored to the latent grid, as A1111's hires fix sizes it
+    h, w = (int(s * f * hires.scale) // f for s in latent.shape[-2:])
     if hires.upscale == "latent":
         latent = F.interpolate(latent, size=(h, w), mode="nearest-exact")
     else:
-        f = pipe.vae.cfg.downscale if pipe.vae is not None else 8
         images = [im.resize((w * f, h * f), Image.Resampling.LANCZOS) for im in to_images(decode(pipe, latent))]
         latent = encode(pipe, torch.cat([to_tensor(im) for im in images]).to(pipe.device))
     return run(latent, hires.steps or req.steps, hires.strength, "hires", None)

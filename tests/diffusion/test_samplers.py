@@ -150,3 +150,16 @@ def test_ipndm_v_is_ipndm_on_uniform_steps():
     b = ipndm_v(gaussian_denoiser, x.clone(), sigmas, max_order=3)
     torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     assert not torch.allclose(a, ipndm(gaussian_denoiser, x.clone(), sigmas, max_order=2))  # the order matters here
+
+
+@pytest.mark.parametrize("name", ["uni_pc", "uni_pc_bh2"])
+def test_uni_pc_ends_at_sigma_0_001_as_comfyui(name):
+    """ComfyUI's UniPC cannot step to log(0) and ends at sigma 0.001 instead; a schedule ending in 0 and one ending in
+    0.001 are the same run, and the result is (nearly) the clean data's scale."""
+    x = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0)) * 14.6
+    sigmas = karras(12, 0.03, 14.6)
+    at_0 = SAMPLERS[name](gaussian_denoiser, x.clone(), sigmas)
+    explicit = sigmas.clone()
+    explicit[-1] = 0.001
+    torch.testing.assert_close(at_0, SAMPLERS[name](gaussian_denoiser, x.clone(), explicit), atol=0, rtol=0)
+    assert torch.isfinite(at_0).all() and at_0.std().item() == pytest.approx(S, rel=0.06)

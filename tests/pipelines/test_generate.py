@@ -21,7 +21,9 @@ from athena.media.images import to_images, to_tensor
 from athena.media.png import read_parameters, read_request
 from athena.models.unet import TINY_SD1
 from athena.models.vae import TINY_VAE
+from athena.diffusion.schedules import SCHEDULERS
 from athena.pipelines.generate import GenerateRequest, Hires, generate_pixels
+from athena.pipelines.sample import model_sampling, noise_for
 
 SIZE = 32
 
@@ -81,6 +83,20 @@ def test_hires_fix_doubles_the_size_and_reports_both_passes(pipe, upscale):
     assert [s for s in stages if s[0] == "hires"] == [("hires", i, 3) for i in range(1, 4)]
 
 
+@pytest.mark.parametrize("scale,size", [(2.0, 2 * SIZE), (1.5, 48), (1.25, 40)])
+def test_hires_latent_pass_starts_from_the_upscaled_first_pass(pipe, scale, size):
+    """The second pass is img2img from the first pass's latent, upscaled (nearest-exact) to int(size * scale)
+    pixels on the latent grid, and noised with the seed's noise to its first sigma."""
+    seen = []
+    out = generate_pixels(pipe, request(hires=Hires(scale, 0.5, 3, "latent")), progress=seen.append)
+    assert out.shape == (1, 3, size, size)
+    base = [p.sample for p in seen if p.stage == "base"]
+    first = next(p.sample for p in seen if p.stage == "hires")
+    f = pipe.vae.cfg.downscale
+    up = torch.nn.functional.interpolate(base[-1].x0, size=(size // f, size // f), mode="nearest-exact")
+    torch.testing.assert_close(first.x, up + first.sigma * noise_for(tuple(up.shape), 1), atol=1e-4, rtol=1e-4)
+
+
 def test_cancel_mid_run_stops_at_the_next_step(pipe):
     token, seen = CancelToken(), []
 
@@ -107,8 +123,9 @@ def test_img2img_strength_starts_part_way(pipe, tmp_path):
     to_images(torch.zeros(1, 3, SIZE, SIZE))[0].save(tmp_path / "init.png")
     steps = []
     generate_pixels(pipe, request(init_image=str(tmp_path / "init.png"), strength=0.5, steps=6),
-                    progress=lambda p: steps.append(p.sample.sigma))
-    assert len(steps) == 6 and steps[0] < 14.0  # the last 6 sigmas of a 12-step schedule, not sigma_max
+                    progress=lambda p: steps.append(float(p.sample.sigma)))
+    full = SCHEDULERS["normal"](model_sampling(pipe.unet), 12)  # ComfyUI: int(6 / 0.5) steps, the last 6 kept
+    assert steps == pytest.approx(full[-7:-1].tolist(), rel=1e-6) and steps[0] < full[0] / 2
 
 
 @pytest.mark.parametrize("field,value,fix", [("sampler", "eulr", "choose one of"), ("width", 100, "multiple of 8"),
