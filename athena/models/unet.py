@@ -322,7 +322,10 @@ TINY_SD1 = replace(SD15, model_channels=32, channel_mult=(1, 2), transformer_dep
 TINY_SD2 = replace(SD21, model_channels=32, channel_mult=(1, 2), transformer_depth=(1, 1), context_dim=32, head_dim=16)
 TINY_SDXL = replace(SDXL, model_channels=32, channel_mult=(1, 2), transformer_depth=(0, 2), transformer_depth_middle=2,
                     context_dim=32, head_dim=16, adm_in_channels=32 + 6 * 256)
+TINY_SDXL_REFINER = replace(SDXL_REFINER, model_channels=32, channel_mult=(1, 2), transformer_depth=(0, 2),
+                            transformer_depth_middle=2, context_dim=32, head_dim=16, adm_in_channels=32 + 5 * 256)
 UNET_PRESETS: dict[str, UNetConfig] = {
     "sd15": SD15, "sd21": SD21, "sd21_base": SD21_BASE, "sdxl": SDXL, "sdxl_refiner": SDXL_REFINER,
     "tiny": TINY_SD1, "tiny_sd1": TINY_SD1, "tiny_sd2": TINY_SD2, "tiny_sdxl": TINY_SDXL,
+    "tiny_sdxl_refiner": TINY_SDXL_REFINER,
 }

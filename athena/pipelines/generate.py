@@ -122,12 +122,20 @@ class GenerateRequest:
 
 @dataclass(frozen=True)
 class Progress:
-    """A sampling step of a request: `step` of `total` in this pass (`stage` "base" or "hires")."""
+    """A sampling step of a request: `step` of `total` in this pass (`stage` "base" or "hires"), the sampler's
+    step (index, sigma, x, x0), and `preview()`: the step's x0 as a cheap RGB image (a linear latent-to-RGB map
+    fitted to the pipeline's VAE, no decode), made only when asked for."""
 
     step: int
     total: int
     stage: str
     sample: Step = field(repr=False)
+    pipe: Pipeline | None = field(default=None, repr=False, compare=False)
+
+    def preview(self, index: int = 0) -> Image.Image:
+        if self.pipe is None:
+            raise ConfigError("this progress report carries no pipeline to preview with")
+        return self.pipe.preview(self.sample.x0, index)
 
 
 ProgressFn = Callable[[Progress], None]
@@ -198,7 +206,7 @@ def generate_pixels(pipe: Pipeline, req: GenerateRequest, *, progress: ProgressF
     def run(lat: Tensor, steps: int, denoise: float, stage: str, m: Tensor | None) -> Tensor:
         def report(s: Step) -> None:
             if progress is not None:
-                progress(Progress(s.i + 1, steps, stage, s))
+                progress(Progress(s.i + 1, steps, stage, s, pipe))
         return sample_latent(pipe.unet, positive, negative, lat, seed=req.seed, steps=steps, sampler=req.sampler,
                              scheduler=req.scheduler, guidance=req.cfg, denoise=denoise, mask=m,
                              cfg_rescale=req.cfg_rescale, callback=report, cancel=cancel)

@@ -14,7 +14,7 @@ from athena.models.unet import SD15, SD21, SDXL, SDXL_REFINER, TINY_SD1, TINY_SD
 from athena.models.vae import SD_VAE, TINY_VAE, VAE_PRESETS, AutoencoderKL
 
 FAMILY_OF = {"sd15": "sd1", "sd21": "sd2", "sd21_base": "sd2", "sdxl": "sdxl", "sdxl_refiner": "sdxl_refiner",
-             "tiny": "sd1", "tiny_sd1": "sd1", "tiny_sd2": "sd2", "tiny_sdxl": "sdxl"}
+             "tiny": "sd1", "tiny_sd1": "sd1", "tiny_sd2": "sd2", "tiny_sdxl": "sdxl", "tiny_sdxl_refiner": "sdxl_refiner"}
 CONVENTIONAL = ("sd15", "sd21", "sd21_base", "sdxl", "sdxl_refiner", "tiny", "tiny_sd1")  # heads follow the family rule
 
 
@@ -90,6 +90,17 @@ def test_missing_keys_are_grouped_by_prefix(files, tmp_path):
         athena.load(tmp_path / "broken.safetensors")
     msg = str(e.value)
     assert "keys missing under 'input_blocks.4.'" in msg and len(msg.splitlines()) < 12
+
+
+def test_unexpected_keys_are_grouped_by_prefix(files, tmp_path):
+    with SafetensorsFile(files["sd1"]) as f:
+        sd = {k: f.get(k) for k in f}
+    sd.update({f"model.diffusion_model.input_blocks.9.{i}.weight": torch.zeros(2) for i in range(3)})
+    save_file(sd, tmp_path / "extra.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        athena.load(tmp_path / "extra.safetensors")
+    msg = str(e.value)
+    assert "3 keys unexpected under 'input_blocks.9.'" in msg and "SD1.x U-Net" in msg and len(msg.splitlines()) < 12
 
 
 def test_truncated_checkpoint_is_a_clear_error(files, tmp_path):

@@ -39,6 +39,9 @@ UNETS = {
     "sdxl_w32": ("sdxl", "epsilon", unet_config((PLAIN, XATTN), (32, 64), heads=(2, 4), linear=True, depth=(1, 2), adm=32 + 1536)),
     "sdxl_w64_3lvl": ("sdxl", "epsilon", unet_config((PLAIN, XATTN, XATTN), (64, 128, 128), heads=(1, 2, 2), linear=True,
                                                    depth=(1, 1, 2), layers=2, ctx=64, adm=64 + 1536)),
+    # the refiner: context and pooled vector from bigG alone, 5 micro-conditioning values (no target size)
+    "sdxl_refiner_w32": ("sdxl_refiner", "epsilon", unet_config((PLAIN, XATTN), (32, 64), heads=(2, 4), linear=True,
+                                                              depth=(1, 2), ctx=48, adm=48 + 1280)),
 }
 VAES = {
     "vae_2lvl": dict(block_out_channels=(32, 64), layers_per_block=1),
@@ -87,8 +90,10 @@ def unet_inputs(cfg, seed=0):
     context = torch.randn(2, 7, cfg["cross_attention_dim"], generator=g)
     extra = {}
     if cfg.get("addition_embed_type"):
-        pooled = torch.randn(2, cfg["projection_class_embeddings_input_dim"] - 1536, generator=g)
-        time_ids = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0], [768.0, 1344.0, 16.0, 32.0, 896.0, 1152.0]])
+        refiner = cfg["projection_class_embeddings_input_dim"] - cfg["cross_attention_dim"] == 5 * 256
+        time_ids = (torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 6.0], [768.0, 1344.0, 16.0, 32.0, 2.5]]) if refiner else
+                    torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0], [768.0, 1344.0, 16.0, 32.0, 896.0, 1152.0]]))
+        pooled = torch.randn(2, cfg["projection_class_embeddings_input_dim"] - 256 * time_ids.shape[1], generator=g)
         extra = {"text_embeds": pooled, "time_ids": time_ids}
     return x, t, context, extra
 
@@ -167,7 +172,7 @@ def test_vae_matches_diffusers(tmp_path, name, layout):
     assert (dec_got - dec_want).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize("name", ["sd1_w32", "sd1_w64_3lvl"])
+@pytest.mark.parametrize("name", sorted(UNETS))
 def test_diffusers_own_converter_reads_our_single_file(name, tmp_path, monkeypatch):
     """diffusers' `from_single_file` (its own LDM->diffusers code) loads the file we wrote to the same weights."""
     ref = randomize(diffusers.UNet2DConditionModel(**UNETS[name][2]), 5)
@@ -178,3 +183,35 @@ def test_diffusers_own_converter_reads_our_single_file(name, tmp_path, monkeypat
     want = ref.state_dict()
     assert set(back.state_dict()) == set(want)
     assert all(torch.equal(t, want[k]) for k, t in back.state_dict().items())
+
+
+@pytest.mark.parametrize("name", sorted(VAES))
+def test_diffusers_own_converter_reads_our_vae(name, tmp_path, monkeypatch):
+    """The same check for the VAE's LDM names (`first_stage_model.*`), mid attention included."""
+    n = len(VAES[name]["block_out_channels"])
+    ref = randomize(diffusers.AutoencoderKL(**VAES[name], down_block_types=("DownEncoderBlock2D",) * n,
+                                            up_block_types=("UpDecoderBlock2D",) * n), 6)
+    folder, single = export(tmp_path, randomize(diffusers.UNet2DConditionModel(**UNETS["sd1_w32"][2]), 4), ref)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    back = diffusers.AutoencoderKL.from_single_file(str(single), config=str(folder), subfolder="vae",
+                                                    local_files_only=True, torch_dtype=torch.float32)
+    want = ref.state_dict()
+    assert set(back.state_dict()) == set(want)
+    assert all(torch.equal(t.reshape(want[k].shape), want[k]) for k, t in back.state_dict().items())
+
+
+def test_vae_sample_draws_like_diffusers(tmp_path):
+    """`encode(img).sample(generator)` is mean + std * randn from that generator: with the same seed it is
+    diffusers' `latent_dist.sample(generator)`, and different seeds differ."""
+    ref = randomize(diffusers.AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2,
+                                            up_block_types=("UpDecoderBlock2D",) * 2, **VAES["vae_2lvl"]), 3)
+    folder, _ = export(tmp_path, randomize(diffusers.UNet2DConditionModel(**UNETS["sd1_w32"][2]), 4), ref)
+    vae = athena.load(folder).vae
+    img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        want = ref.encode(img).latent_dist.sample(generator=torch.Generator().manual_seed(7))
+        dist = vae.encode(img)
+        got = dist.sample(torch.Generator().manual_seed(7))
+        other = dist.sample(torch.Generator().manual_seed(8))
+    assert (got - want).abs().max().item() <= TOL
+    assert (got - other).abs().max() > 0.1 and not torch.allclose(got, dist.mean)

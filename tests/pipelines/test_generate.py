@@ -119,6 +119,17 @@ def test_preview_follows_the_decoded_image(pipe):
     assert np.corrcoef(img.ravel(), ref.ravel())[0, 1] > 0.3  # a linear map of a random VAE: ~0.42; unrelated: ~0
 
 
+def test_each_progress_report_can_preview_its_step(pipe):
+    seen = []
+    generate_pixels(pipe, request(steps=3), progress=seen.append)
+    assert len(seen) == 3
+    for p in seen:
+        img = p.preview()
+        assert img.size == (SIZE // pipe.vae.cfg.downscale,) * 2
+        assert np.array_equal(np.asarray(img), np.asarray(pipe.preview(p.sample.x0)))
+    assert not np.array_equal(np.asarray(seen[0].preview()), np.asarray(seen[-1].preview()))  # it follows the steps
+
+
 def test_img2img_strength_starts_part_way(pipe, tmp_path):
     to_images(torch.zeros(1, 3, SIZE, SIZE))[0].save(tmp_path / "init.png")
     steps = []
