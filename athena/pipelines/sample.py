@@ -68,6 +68,7 @@ class NoiseMasked:
 
     def __init__(self, denoise: Denoiser, ms: ModelSampling, latent: Tensor, noise: Tensor, mask: Tensor) -> None:
         self.denoise, self.ms, self.latent, self.noise, self.mask = denoise, ms, latent, noise, mask
+        self._pair = unconditional_pair(denoise)
 
     def _input(self, x: Tensor, sigma: Tensor) -> Tensor:
         return x * self.mask + self.ms.noise(self.latent, self.noise, sigma) * (1 - self.mask)
@@ -79,7 +80,7 @@ class NoiseMasked:
         return self._blend(self.denoise(self._input(x, sigma), sigma))
 
     def pair(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        x0, x0_u = unconditional_pair(self.denoise)(self._input(x, sigma), sigma)
+        x0, x0_u = self._pair(self._input(x, sigma), sigma)
         return self._blend(x0), x0_u
 
 
